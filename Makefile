@@ -1,0 +1,33 @@
+# Two-command set-up: `make demo` and `make test` each create or refresh .venv (skipped when setup.py is unchanged).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+# DDS stays on this machine; one private domain per make invocation (tests pick their own too).
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
+export MUJOCO_GL ?= egl
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test bench model clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.py setup.cfg package.xml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+	set -o pipefail; $(PY) -m pip install -q -e '.[all]' 2>&1 | grep -v "^WARNING: Location"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gato-ros demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/gato-ros bench --json
+
+clean-venv:
+	rm -rf $(VENV)
