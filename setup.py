@@ -75,7 +75,6 @@ setup(
     maintainer_email="maintainers@gato-ros.dev",
     description="A Gato-style generalist transformer in the control loop of a ROS 2 robot arm.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "gato-ros = gato_ros.cli:main",
