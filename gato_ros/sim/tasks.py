@@ -1,0 +1,193 @@
+"""Language-conditioned table-top tasks: layout sampling, instruction templates and success predicates.
+
+Both tasks share one grid of six object slots in front of the arm (two rows of three, 20-22 cm apart) so a policy
+that learns where the slots are can reuse it across tasks, and each episode places its objects in randomly chosen
+slots with a small random offset and yaw. Colours and shapes are drawn so that **only the instruction picks the
+target**: every layout holds at least one other object of the target's colour or of its shape.
+
+| task | instruction | objects | success |
+|---|---|---|---|
+| `reach` | "reach the {colour} {shape}" | 4 of {cube, ball, cylinder} x {red, green, blue, yellow}: the target, one of its colour, one of its shape, one more | tool centre point within 3 cm of the target's surface |
+| `pick_place` | "put the {colour} cube in the {colour} bowl" | 3 cubes (distinct colours), 2 bowls (distinct colours) | target cube resting inside the target bowl (centre within 5.5 cm of the bowl axis, below 5 cm height) and not touching the fingers |
+
+Geometry (metres, world frame; the arm base is at the origin, the table top at z = 0): slots at x in {0.38, 0.58},
+y in {-0.12, 0.10, 0.32}; cubes 50 mm, balls 56 mm diameter, cylinders 44 mm x 90 mm, bowls 140 mm across with a
+42 mm rim (sim/scene.xml).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    # Saturated, well-separated hues: at 64x64 an object covers ~5x5 pixels, so hue carries the identity.
+    "red": (0.85, 0.12, 0.10),
+    "green": (0.12, 0.65, 0.18),
+    "blue": (0.12, 0.25, 0.90),
+    "yellow": (0.95, 0.82, 0.10),
+}
+SHAPES = ("cube", "ball", "cylinder")
+POOL_SIZE = {"cube": 3, "ball": 3, "cylinder": 3, "bowl": 2}  # bodies <kind>_<i> in sim/scene.xml
+
+# (6, 2) slot centres, x then y (m). Row order: far row (x=0.38) left to right as seen from the camera, then near.
+SLOTS = np.array([[0.38, -0.12], [0.38, 0.10], [0.38, 0.32], [0.58, -0.12], [0.58, 0.10], [0.58, 0.32]])
+# Where unused pool objects wait: on a shelf behind the scene camera, outside its view.
+PARK_X, PARK_Z = 2.5, 0.0
+
+REACH_SUCCESS_DISTANCE = 0.03  # m, issue 4: "end effector within 3 cm of the named object"
+BOWL_INNER_RADIUS = 0.055  # m: rim walls sit at 60-72 mm; a 50 mm cube centre inside 55 mm is inside the rim
+BOWL_MAX_HEIGHT = 0.05  # m: a cube resting on the 12 mm base has its centre at 37 mm
+
+
+@dataclass(frozen=True)
+class PlacedObject:
+    """One pool body placed on the table for this episode."""
+
+    body: str  # pool body (and geom) name in scene.xml, e.g. "cube_1" or "bowl_0"
+    kind: str  # cube | ball | cylinder | bowl
+    colour: str  # key of COLOURS
+    xy: tuple[float, float]  # table position (m)
+    yaw: float  # rad about +z
+    slot: int  # index into SLOTS
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything random about one episode; a pure function of (task, seed)."""
+
+    task: str
+    instruction: str
+    objects: tuple[PlacedObject, ...]
+    target: str  # body name of the object to reach / pick
+    receptacle: str | None = None  # body name of the bowl (pick_place)
+    extras: dict = field(default_factory=dict)
+
+    def object(self, body: str) -> PlacedObject:
+        for o in self.objects:
+            if o.body == body:
+                return o
+        raise KeyError(body)
+
+
+def _place(rng: np.random.Generator, kinds_colours: list[tuple[str, str]], jitter: float,
+           yaw_range: float) -> tuple[PlacedObject, ...]:
+    """Assign pool bodies and distinct random slots to (kind, colour) pairs, in order."""
+    slots = rng.permutation(len(SLOTS))[: len(kinds_colours)]
+    used: dict[str, int] = {}
+    placed = []
+    for (kind, colour), slot in zip(kinds_colours, slots):
+        i = used.get(kind, 0)
+        if i >= POOL_SIZE[kind]:
+            raise ValueError(f"layout needs more than {POOL_SIZE[kind]} {kind}s; the scene has {POOL_SIZE[kind]}")
+        used[kind] = i + 1
+        offset = rng.uniform(-jitter, jitter, size=2)
+        yaw = float(rng.uniform(-yaw_range, yaw_range))
+        xy = SLOTS[slot] + offset
+        placed.append(PlacedObject(f"{kind}_{i}", kind, colour, (float(xy[0]), float(xy[1])), yaw, int(slot)))
+    return tuple(placed)
+
+
+class Task:
+    """A task: a name, an episode budget, a layout sampler and a success predicate."""
+
+    name: str = ""
+    max_steps: int = 0
+
+    def sample(self, rng: np.random.Generator, jitter: float, yaw_range: float) -> Layout:
+        raise NotImplementedError
+
+    def success(self, model, data, layout: Layout) -> bool:
+        raise NotImplementedError
+
+
+def surface_distance(model, data, geom: str, point: np.ndarray) -> float:
+    """Distance (m) from a world point to the surface of a box, sphere or cylinder geom (0 inside)."""
+    g = data.geom(geom)
+    p = g.xmat.reshape(3, 3).T @ (point - g.xpos)  # point in the geom frame
+    size = model.geom(geom).size
+    gtype = int(model.geom(geom).type[0])
+    import mujoco  # already imported by the env (backend chosen there)
+
+    if gtype == mujoco.mjtGeom.mjGEOM_BOX:
+        return float(np.linalg.norm(np.maximum(np.abs(p) - size, 0.0)))
+    if gtype == mujoco.mjtGeom.mjGEOM_SPHERE:
+        return float(max(np.linalg.norm(p) - size[0], 0.0))
+    if gtype == mujoco.mjtGeom.mjGEOM_CYLINDER:
+        radial = max(np.hypot(p[0], p[1]) - size[0], 0.0)
+        axial = max(abs(p[2]) - size[1], 0.0)
+        return float(np.hypot(radial, axial))
+    raise ValueError(f"surface_distance supports box, sphere and cylinder geoms; {geom!r} has type {gtype}")
+
+
+class Reach(Task):
+    """Move the tool centre point to within 3 cm of the named object."""
+
+    name = "reach"
+    max_steps = 60  # 3 s at 20 Hz; the expert needs ~30 steps
+
+    def sample(self, rng, jitter, yaw_range):
+        colours, shapes = list(COLOURS), list(SHAPES)
+        colour = colours[rng.integers(len(colours))]
+        shape = shapes[rng.integers(len(shapes))]
+        other_shape = [s for s in shapes if s != shape][rng.integers(len(shapes) - 1)]
+        other_colour = [c for c in colours if c != colour][rng.integers(len(colours) - 1)]
+        chosen = [(shape, colour), (other_shape, colour), (shape, other_colour)]
+        # One more object of any (shape, colour) not yet on the table.
+        rest = [(s, c) for s in shapes for c in colours if (s, c) not in chosen]
+        chosen.append(rest[rng.integers(len(rest))])
+        objects = _place(rng, chosen, jitter, yaw_range)
+        return Layout(self.name, f"reach the {colour} {shape}", objects, target=objects[0].body)
+
+    def success(self, model, data, layout):
+        tcp = data.site("tcp").xpos
+        return surface_distance(model, data, layout.target, tcp) < REACH_SUCCESS_DISTANCE
+
+
+class PickPlace(Task):
+    """Pick the named cube and put it in the named bowl."""
+
+    name = "pick_place"
+    max_steps = 150  # 7.5 s at 20 Hz; the expert needs ~70 steps
+
+    def sample(self, rng, jitter, yaw_range):
+        colours = list(COLOURS)
+        cube_colours = [colours[i] for i in rng.permutation(len(colours))[:3]]
+        bowl_colours = [colours[i] for i in rng.permutation(len(colours))[:2]]
+        target_cube = int(rng.integers(3))
+        target_bowl = int(rng.integers(2))
+        chosen = [("cube", c) for c in cube_colours] + [("bowl", c) for c in bowl_colours]
+        objects = _place(rng, chosen, jitter, yaw_range)
+        # Bowls keep yaw 0 visually irrelevant (octagonal); cubes keep their sampled yaw.
+        cube, bowl = objects[target_cube], objects[3 + target_bowl]
+        return Layout(
+            self.name,
+            f"put the {cube.colour} cube in the {bowl.colour} bowl",
+            objects,
+            target=cube.body,
+            receptacle=bowl.body,
+        )
+
+    def success(self, model, data, layout):
+        cube = data.body(layout.target).xpos
+        bowl = data.body(layout.receptacle).xpos
+        inside = np.hypot(*(cube[:2] - bowl[:2])) < BOWL_INNER_RADIUS and 0.0 < cube[2] - bowl[2] < BOWL_MAX_HEIGHT
+        return bool(inside and not _touching_fingers(model, data, layout.target))
+
+
+def _touching_fingers(model, data, geom: str) -> bool:
+    """True if the named geom is in contact with either finger pad (i.e. still held)."""
+    gid = model.geom(geom).id
+    pads = [model.geom("left_pad").id, model.geom("right_pad").id]
+    g1, g2 = data.contact.geom1, data.contact.geom2  # (ncon,) each
+    return bool(np.any(((g1 == gid) & np.isin(g2, pads)) | ((g2 == gid) & np.isin(g1, pads))))
+
+TASKS: dict[str, Task] = {t.name: t for t in (Reach(), PickPlace())}
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`, or a ValueError listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}") from None
