@@ -1,0 +1,58 @@
+"""Small pieces both nodes share: the start-up error, rate-limited logging, parameters from a dataclass."""
+from __future__ import annotations
+
+import ast
+import inspect
+import time
+from dataclasses import fields
+from typing import Any
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (missing or incompatible bundle, bad parameters); the text says what to do."""
+
+
+class RateLimitedLog:
+    """A new message is logged at once; the same message again at most every `period_s` (control loops repeat)."""
+
+    def __init__(self, log_fn, period_s: float = 2.0):
+        self._log, self._period = log_fn, period_s
+        self._last_text, self._last_time = None, -1e9
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if text != self._last_text or now - self._last_time >= self._period:
+            self._log(text)
+            self._last_text, self._last_time = text, now
+
+
+def declare_config(node: Any, cls: type) -> Any:
+    """Declare one ROS parameter per dataclass field (same name, same default) and build the config from them."""
+    from rcl_interfaces.msg import ParameterDescriptor  # rclpy only when a node is built
+    from rclpy.parameter import Parameter
+
+    values = {}
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        desc = ParameterDescriptor(description=_field_doc(cls, f.name))
+        if isinstance(default, list):
+            # rclpy cannot infer an array type from an empty list: declare the type, keep the default ourselves
+            p = node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, desc)
+            values[f.name] = list(p.value) if p.value is not None else default
+        else:
+            values[f.name] = node.declare_parameter(f.name, default, desc).value
+    return cls(**values)
+
+
+def _field_doc(cls, name: str) -> str:
+    """The docstring under a dataclass field (shown by `ros2 param describe`)."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return ""
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and getattr(stmt.target, "id", None) == name:
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                return " ".join(str(nxt.value.value).split())
+    return ""

@@ -1,0 +1,513 @@
+"""`gato_policy`: the transformer in the control loop (console script `gato_policy_node`).
+
+    /camera/image_raw ──(sensor QoS)──┐  subscriptions (callback group "sensors"): keep the latest message and
+    /joint_states ────────────────────┤  its arrival time; never wait on inference
+    ~/instruction ────────────────────┘
+                                      │
+           timer @ control_rate_hz (callback group "inference", MultiThreadedExecutor)
+                                      ▼
+    staleness check ─> Image -> RGB (resize to the bundle's size), JointState -> by name
+                     ─> RuntimePolicy.act(obs) ─> SafetyFilter.step ─┬─> /position_controller/commands
+                                                                     └─> /arm_controller/joint_trajectory
+    services ~/reset ~/enable ~/estop ~/reset_estop, topic ~/estop (Bool)   /diagnostics @ 1 Hz, ~/timing per tick
+
+Holding: whenever a sensor is stale, an input is malformed, inference fails, the node is disabled or e-stopped,
+it publishes no command (the controller keeps its last target), says why in /diagnostics and a rate-limited log
+line, and keeps running. The model's context is reset when the instruction changes and when the node resumes
+after a hold (the context assumes consecutive ticks of one episode).
+
+Only numpy, onnxruntime and rclpy are imported: the node runs on a robot computer without torch.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
+from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_backend, image_to_model_input
+from gato_ros.ros.graph import DEFAULT_MODEL, share_path
+from gato_ros.safety import SafetyConfig, SafetyFilter
+
+COMMAND_TOPICS = {
+    "position_array": "/position_controller/commands",
+    "joint_trajectory": "/arm_controller/joint_trajectory",
+}
+PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
+
+
+@dataclass
+class PolicyNodeConfig:
+    """Parameters of the policy node. ROS parameters mirror these fields: same names, same defaults."""
+
+    model_path: str = ""
+    """Model bundle directory (holds gato.json); empty: the shipped models/gato_arm_small."""
+    joint_names: list[str] = field(default_factory=list)
+    """Robot joint names in the bundle's joint order (empty: the bundle's own names). Set this when the robot's
+    driver names the joints differently (e.g. with a prefix)."""
+    control_rate_hz: float = 20.0
+    """Inference and command rate. The bundle's training rate is what the model expects."""
+    instruction: str = ""
+    """Initial instruction; a message on ~/instruction replaces it (and resets the context)."""
+    image_topic: str = "/camera/image_raw"
+    joint_state_topic: str = "/joint_states"
+    command_interface: str = "position_array"
+    """position_array (std_msgs/Float64MultiArray) or joint_trajectory (trajectory_msgs/JointTrajectory)."""
+    command_topic: str = ""
+    """Empty: /position_controller/commands or /arm_controller/joint_trajectory, per command_interface."""
+    execution_provider: str = "auto"
+    """ONNX Runtime provider: auto|tensorrt|cuda|cpu (auto picks the fastest one that really starts)."""
+    sensor_timeout_s: float = 0.25
+    """Hold when the latest image or joint state arrived longer ago than this."""
+    max_joint_step_rad: float = 0.1
+    """Largest change of a revolute joint's command per tick (0.1 rad at 20 Hz = 2 rad/s, below the UR5e's
+    3.14 rad/s joint speed limit)."""
+    max_gripper_step_m: float = 0.01
+    """Largest change of a prismatic joint's command per tick (metres)."""
+    prismatic_joints: list[str] = field(default_factory=lambda: ["gripper_joint"])
+    """Bundle joint names measured in metres (get max_gripper_step_m instead of max_joint_step_rad)."""
+    max_tracking_error_rad: float = 0.5
+    """Hold and restart from the measured position when a revolute joint is further than this from its last
+    command (the arm was pushed, or the driver restarted and the joints jumped)."""
+    enable_on_start: bool = False
+    """Command from the start. Off by default: a real arm does not move until ~/enable is called."""
+    diagnostics_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.control_rate_hz > 0:
+            raise StartupError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
+        if self.command_interface not in COMMAND_TOPICS:
+            raise StartupError(
+                f"command_interface {self.command_interface!r} is not one of {', '.join(COMMAND_TOPICS)}"
+            )
+        if self.execution_provider not in PROVIDERS:
+            raise StartupError(f"execution_provider {self.execution_provider!r} is not one of {', '.join(PROVIDERS)}")
+        for name in ("sensor_timeout_s", "max_joint_step_rad", "max_gripper_step_m", "max_tracking_error_rad",
+                     "diagnostics_period_s"):
+            if not getattr(self, name) > 0:
+                raise StartupError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def resolved_command_topic(self) -> str:
+        return self.command_topic or COMMAND_TOPICS[self.command_interface]
+
+    @property
+    def resolved_model_path(self) -> Path:
+        return Path(self.model_path).expanduser() if self.model_path else share_path(DEFAULT_MODEL)
+
+
+def load_policy(path: Path, execution_provider: str) -> Any:
+    """The runtime ONNX policy for a bundle, or StartupError with one clear sentence on what to do."""
+    if not path.is_dir():
+        raise StartupError(
+            f"model bundle {str(path)!r} does not exist; pass model_path:=DIR (a directory with gato.json, made by "
+            "`gato-ros export`), or build the shipped one with `make model`"
+        )
+    if not (path / "gato.json").is_file():
+        raise StartupError(f"{str(path)!r} is not a model bundle (no gato.json); point model_path at an exported bundle")
+    from gato_ros.runtime import RuntimePolicy
+
+    try:
+        return RuntimePolicy.load(str(path), execution_provider=execution_provider)
+    except Exception as exc:  # incompatible or corrupt bundle: one message, no traceback
+        raise StartupError(f"cannot load model bundle {str(path)!r}: {exc}") from exc
+
+
+def percentile_ms(values, q: float) -> float:
+    return float(np.percentile(np.fromiter(values, float), q)) if len(values) else float("nan")
+
+
+class PolicyNode(Node):
+    """See the module docstring. `policy` may be given (an object following the Policy protocol) to skip
+    loading a bundle, e.g. to run the node in-process around an already loaded policy."""
+
+    def __init__(self, policy: Any = None, node_name: str = "gato_policy", **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        self.config = declare_config(self, PolicyNodeConfig)
+        cfg = self.config
+        self.model_path = str(cfg.resolved_model_path)
+        self.policy = policy if policy is not None else load_policy(cfg.resolved_model_path, cfg.execution_provider)
+        self._setup_model_interface()
+
+        self._lock = threading.Lock()
+        self._image_msg = self._joint_msg = None
+        self._image_rx = self._joint_rx = None  # time.monotonic() of arrival
+        self._instruction = cfg.instruction
+        self._active_instruction: str | None = None
+        self._reset_requested = True
+        self._new_episode = False
+        self._instruction_rx = -1.0
+        self._context_dirty = True
+        self._converted: tuple[Any, np.ndarray] | None = None  # (msg, rgb) cache: an image is converted once
+        # statistics (read by diagnostics; deques are thread-safe for append/iterate snapshots)
+        self._tick_ms: deque[float] = deque(maxlen=400)
+        self._e2e_ms: deque[float] = deque(maxlen=400)
+        self._tick_starts: deque[float] = deque(maxlen=400)
+        self.ticks = self.commands = self.holds = self.deadline_misses = 0
+        self.state = "starting"
+        self.hold_reason = ""
+        self.last_error = ""
+        self._last_error_time: float | None = None
+        self._warn = RateLimitedLog(self.get_logger().warning)
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        inference = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(Image, cfg.image_topic, self._on_image, qos_profile_sensor_data,
+                                 callback_group=sensors)
+        self.create_subscription(JointState, cfg.joint_state_topic, self._on_joints, qos_profile_sensor_data,
+                                 callback_group=sensors)
+        # Transient local so a latched instruction (the sim's) reaches a node that starts later.
+        latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(String, "~/instruction", self._on_instruction, latched, callback_group=sensors)
+        self.create_subscription(Bool, "~/estop", self._on_estop_topic, 10, callback_group=sensors)
+        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=sensors)
+        self.create_service(SetBool, "~/enable", self._srv_enable, callback_group=sensors)
+        self.create_service(Trigger, "~/estop", self._srv_estop, callback_group=sensors)
+        self.create_service(Trigger, "~/reset_estop", self._srv_reset_estop, callback_group=sensors)
+
+        if cfg.command_interface == "position_array":
+            self._cmd_pub = self.create_publisher(Float64MultiArray, cfg.resolved_command_topic, 10)
+        else:
+            self._cmd_pub = self.create_publisher(JointTrajectory, cfg.resolved_command_topic, 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timing_pub = self.create_publisher(Float64MultiArray, "~/timing", 10)
+        self.period_s = 1.0 / cfg.control_rate_hz
+        self._timer = self.create_timer(self.period_s, self._tick, callback_group=inference)
+        self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=sensors)
+        self._msg_types = (Float64MultiArray, MultiArrayDimension, JointTrajectory, JointTrajectoryPoint)
+        self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
+        self.get_logger().info(
+            f"model {self.model_path} on {self.provider}; {len(self.joint_names)} joints; "
+            f"{cfg.control_rate_hz:g} Hz -> {cfg.resolved_command_topic} ({cfg.command_interface}); "
+            f"{'enabled' if self.safety.enabled else 'DISABLED until ~/enable'}"
+        )
+
+    # ---- set-up ----------------------------------------------------------------------------------------
+    def _setup_model_interface(self) -> None:
+        cfg, policy = self.config, self.policy
+        bundle_names = [str(n) for n in policy.joint_names]
+        self.joint_names = list(cfg.joint_names) or bundle_names
+        if len(self.joint_names) != len(bundle_names):
+            raise StartupError(
+                f"joint_names has {len(self.joint_names)} names but the bundle commands {len(bundle_names)} "
+                f"joints {bundle_names}; give one robot joint name per bundle joint, in the bundle's order"
+            )
+        size = policy.image_size
+        self.image_hw = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+        self.provider = str(getattr(policy, "provider", "unknown"))
+        limits = np.asarray(policy.joint_limits, dtype=np.float64)
+        step = np.array(
+            [cfg.max_gripper_step_m if b in cfg.prismatic_joints else cfg.max_joint_step_rad for b in bundle_names]
+        )
+        try:
+            self.safety = SafetyFilter(SafetyConfig(limits[:, 0], limits[:, 1], step, cfg.enable_on_start))
+            # Prismatic joints (the gripper) are left out of the tracking check: a grasped object blocks the
+            # fingers far from their command, legitimately.
+            self._revolute = np.array([b not in cfg.prismatic_joints for b in bundle_names])
+        except ValueError as exc:
+            raise StartupError(f"bundle joint limits are unusable: {exc}") from exc
+        self.matcher = JointStateMatcher(self.joint_names, cfg.joint_state_topic)
+        rate = getattr(policy, "control_rate_hz", None)
+        if rate and abs(float(rate) - cfg.control_rate_hz) > 1e-6:
+            self.get_logger().warning(
+                f"the bundle was trained at {float(rate):g} Hz but control_rate_hz is {cfg.control_rate_hz:g}; "
+                "the model's notion of speed will be off"
+            )
+
+    # ---- subscriptions and services (group "sensors") --------------------------------------------------
+    def _on_image(self, msg) -> None:
+        with self._lock:
+            self._image_msg, self._image_rx = msg, time.monotonic()
+
+    def _on_joints(self, msg) -> None:
+        with self._lock:
+            self._joint_msg, self._joint_rx = msg, time.monotonic()
+
+    def _on_instruction(self, msg) -> None:
+        with self._lock:
+            if msg.data != self._instruction:
+                # A new instruction is a new episode: new context, a new command sequence from the measured
+                # position, and only sensor data that arrives after it (the sim publishes it before its new state).
+                self._instruction = msg.data
+                self._instruction_rx = time.monotonic()
+                self._new_episode = True
+
+    def _srv_reset(self, request, response):
+        with self._lock:
+            self._reset_requested = True
+        response.success, response.message = True, "context cleared"
+        return response
+
+    def _srv_enable(self, request, response):
+        with self._lock:
+            try:
+                if request.data:
+                    self.safety.enable()
+                    self._reset_requested = True
+                else:
+                    self.safety.disable()
+                response.success, response.message = True, "enabled" if request.data else "disabled"
+            except RuntimeError as exc:
+                response.success, response.message = False, str(exc)
+        self.get_logger().info(f"~/enable {bool(request.data)}: {response.message}")
+        return response
+
+    def _estop(self, why: str) -> None:
+        with self._lock:
+            self.safety.estop(why)
+        self.get_logger().error(f"E-STOP latched ({why}): holding until ~/reset_estop and ~/enable")
+
+    def _srv_estop(self, request, response):
+        self._estop("~/estop service")
+        response.success, response.message = True, "e-stop latched"
+        return response
+
+    def _on_estop_topic(self, msg) -> None:
+        if msg.data:
+            self._estop("~/estop topic")
+
+    def _srv_reset_estop(self, request, response):
+        with self._lock:
+            self.safety.reset_estop()
+        response.success, response.message = True, "e-stop cleared; still disabled until ~/enable"
+        return response
+
+    # ---- the control tick (group "inference") ---------------------------------------------------------
+    def _tick(self) -> None:
+        t0 = time.perf_counter()
+        self._tick_starts.append(t0)
+        self.ticks += 1
+        now = time.monotonic()
+        with self._lock:
+            image_msg, image_rx = self._image_msg, self._image_rx
+            joint_msg, joint_rx = self._joint_msg, self._joint_rx
+            instruction, reset = self._instruction, self._reset_requested
+            new_episode, instruction_rx = self._new_episode, self._instruction_rx
+            self._reset_requested = self._new_episode = False
+            if new_episode:
+                self.safety.restart_sequence()
+        if reset or new_episode:
+            self._context_dirty = True
+        reason, obs, joint_pos = self._observe(now, image_msg, image_rx, joint_msg, joint_rx, instruction)
+        if reason is None and min(image_rx, joint_rx) < instruction_rx:
+            reason = "waiting for an image and joint state newer than the new instruction"
+        if reason is None:
+            reason = self._check_tracking(joint_pos)
+        action = None
+        with self._lock:
+            gate = self.safety.hold_reason()
+        if reason is None and gate is None:
+            try:
+                if self._context_dirty or instruction != self._active_instruction:
+                    self.policy.reset()
+                    self.policy.set_instruction(instruction)
+                    self._active_instruction, self._context_dirty = instruction, False
+                action = self.policy.act(obs)
+            except Exception as exc:  # inference must never take the node down
+                reason = f"inference failed: {type(exc).__name__}: {exc}"
+                self._error(reason)
+        with self._lock:  # publish under the lock: after ~/enable false returns, nothing more goes out
+            decision = self.safety.step(action, joint_pos, hold=reason)
+            if decision.command is not None:
+                self._publish_command(decision.command)
+        if decision.command is not None:
+            self.commands += 1
+            self.state, self.hold_reason = "running", ""
+            e2e = self._image_age_ms(image_msg)
+        else:
+            self.holds += 1
+            self._context_dirty = True
+            self.hold_reason = decision.reason
+            self.state = "estop" if self.safety.estopped else ("disabled" if not self.safety.enabled else "holding")
+            if self.state == "holding":
+                self._warn(f"holding: {decision.reason}")
+            e2e = float("nan")
+        tick_ms = (time.perf_counter() - t0) * 1e3
+        self._tick_ms.append(tick_ms)
+        if decision.command is not None and e2e == e2e:
+            self._e2e_ms.append(e2e)
+        if tick_ms > self.period_s * 1e3:
+            self.deadline_misses += 1
+        timing = Float64MultiArray()
+        timing.data = [tick_ms, e2e, 1.0 if decision.command is not None else 0.0]
+        self._timing_pub.publish(timing)
+
+    def _observe(self, now, image_msg, image_rx, joint_msg, joint_rx, instruction):
+        """(hold reason or None, observation, joint positions) from the latest messages."""
+        timeout = self.config.sensor_timeout_s
+        joint_pos = None
+        if joint_msg is None:
+            return f"no joint state received on {self.config.joint_state_topic} yet", None, None
+        try:
+            joint_pos, joint_vel = self.matcher.match(joint_msg)
+        except ConversionError as exc:
+            self._error(str(exc))
+            return str(exc), None, None
+        if now - joint_rx > timeout:
+            return (f"joint state on {self.config.joint_state_topic} is {now - joint_rx:.2f} s old "
+                    f"(sensor_timeout_s={timeout:g})"), None, joint_pos
+        if image_msg is None:
+            return f"no image received on {self.config.image_topic} yet", None, joint_pos
+        if now - image_rx > timeout:
+            return (f"image on {self.config.image_topic} is {now - image_rx:.2f} s old "
+                    f"(sensor_timeout_s={timeout:g})"), None, joint_pos
+        if not instruction:
+            return "no instruction yet: publish one on ~/instruction or set the instruction parameter", None, joint_pos
+        try:
+            if self._converted is None or self._converted[0] is not image_msg:
+                self._converted = (image_msg, image_to_model_input(image_msg, *self.image_hw))
+        except ConversionError as exc:
+            msg = f"{self.config.image_topic}: {exc}"
+            self._error(msg)
+            return msg, None, joint_pos
+        obs = {"image": self._converted[1], "joint_pos": joint_pos, "joint_vel": joint_vel}
+        return None, obs, joint_pos
+
+    def _check_tracking(self, joint_pos: np.ndarray) -> str | None:
+        """Hold reason if a revolute joint is far from its last command: the arm was moved by something else, or
+        the driver restarted. The sequence restarts from the measured position (and the context is reset), so the
+        arm is not dragged back towards a target that belonged to the world before the jump."""
+        last = self.safety.last_command
+        if last is None or not np.any(self._revolute):
+            return None
+        err = float(np.max(np.abs(joint_pos - last)[self._revolute]))
+        if err <= self.config.max_tracking_error_rad:
+            return None
+        with self._lock:
+            self.safety.restart_sequence()
+        self._context_dirty = True
+        msg = (f"joint positions are {err:.2f} rad from the last command (max_tracking_error_rad="
+               f"{self.config.max_tracking_error_rad:g}): the arm was moved or its driver restarted; "
+               "restarting from the measured position")
+        self._error(msg)
+        return msg
+
+    def _image_age_ms(self, image_msg) -> float:
+        """Image stamp -> now, in ms, when the stamp is on this machine's wall clock (not sim time)."""
+        stamp = image_msg.header.stamp
+        age = (time.time_ns() - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
+        return age if 0.0 <= age < 10_000.0 else float("nan")
+
+    def _publish_command(self, command: np.ndarray) -> None:
+        if self.config.command_interface == "position_array":
+            msg = Float64MultiArray()
+            msg.layout.dim = [MultiArrayDimension(label="joints", size=len(command), stride=len(command))]
+            msg.data = command.tolist()
+        else:
+            msg = JointTrajectory()
+            msg.joint_names = list(self.joint_names)
+            point = JointTrajectoryPoint()
+            point.positions = command.tolist()
+            nanos = int(round(self.period_s * 1e9))
+            point.time_from_start.sec, point.time_from_start.nanosec = divmod(nanos, 1_000_000_000)
+            msg.points = [point]
+        self._cmd_pub.publish(msg)
+
+    def _error(self, text: str) -> None:
+        self.last_error, self._last_error_time = text, time.monotonic()
+        self._warn(text)
+
+    # ---- diagnostics (1 Hz) ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        starts = list(self._tick_starts)[-int(max(2, 2 * self.config.control_rate_hz)):]
+        rate = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 and starts[-1] > starts[0] else 0.0
+        tick, e2e = list(self._tick_ms), list(self._e2e_ms)
+        return {
+            "state": self.state,
+            "hold_reason": self.hold_reason,
+            "enabled": self.safety.enabled,
+            "estop": self.safety.estopped,
+            "instruction": self._instruction,
+            "target_rate_hz": self.config.control_rate_hz,
+            "achieved_rate_hz": rate,
+            "tick_ms_p50": percentile_ms(tick, 50),
+            "tick_ms_p99": percentile_ms(tick, 99),
+            "image_to_command_ms_p50": percentile_ms(e2e, 50),
+            "image_to_command_ms_p99": percentile_ms(e2e, 99),
+            "provider": self.provider,
+            "deadline_misses": self.deadline_misses,
+            "ticks": self.ticks,
+            "commands": self.commands,
+            "holds": self.holds,
+            "last_error": self.last_error,
+            "last_error_age_s": (time.monotonic() - self._last_error_time) if self._last_error_time else -1.0,
+            "model_path": self.model_path,
+            "image_backend": image_backend(),
+        }
+
+    def _publish_diagnostics(self) -> None:
+        s = self.stats()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: control loop"
+        status.hardware_id = "gato_ros"
+        if s["state"] == "running":
+            status.level, status.message = DiagnosticStatus.OK, "running"
+        elif s["state"] in ("disabled", "starting"):
+            status.level, status.message = DiagnosticStatus.OK, s["hold_reason"] or s["state"]
+        elif s["state"] == "estop":
+            status.level, status.message = DiagnosticStatus.ERROR, s["hold_reason"]
+        else:
+            status.level, status.message = DiagnosticStatus.WARN, f"holding: {s['hold_reason']}"
+        if s["state"] == "running" and s["last_error"] and 0 <= s["last_error_age_s"] < 5.0:
+            status.level = DiagnosticStatus.WARN
+        status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in s.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._diag_pub.publish(msg)
+
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `gato_policy_node`: rclpy.init, spin on a MultiThreadedExecutor, clean shutdown."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = PolicyNode()
+        except StartupError as exc:
+            print(f"gato_policy: {exc}", file=sys.stderr)
+            return 1
+        # 3 threads: the inference timer, the sensor group, and one spare so services answer during inference.
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown()
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
