@@ -114,7 +114,8 @@ class ScriptedExpert:
             if self._target_q is None or not gripper_there:
                 return False
             arrived = np.max(np.abs(self._cmd[:6] - self._target_q)) < 1e-9
-            return bool(arrived and np.max(np.abs(q[:6] - self._target_q)) < phase.tol)
+            # Executed-action noise jitters the measured joints around the target: widen the tolerance with it.
+            return bool(arrived and np.max(np.abs(q[:6] - self._target_q)) < phase.tol + 3.0 * self.noise)
         # grip: the command has reached its end and the fingers have stopped (closed on the cube, or open).
         return bool(gripper_there and self._ticks >= 3 and abs(qd[6]) < 0.01)
 

@@ -1,0 +1,110 @@
+"""Closed-loop evaluation of any Policy (scripted expert, random, ONNX runtime bundle) in the sim.
+
+For each task, episode i runs with env seed `seed + i`, so every policy meets exactly the same layouts and
+numbers are comparable across policies and runs. Reports, per task, the success rate with a Wilson 95% score
+interval (Wilson 1927; better than the normal approximation at rates near 0 or 1 and small n), the mean number of
+steps, and the policy's `act()` latency over all ticks (p50/p99, ms).
+
+Output (the DESIGN.md contract; extra fields are additions):
+
+    {"policy": str,
+     "tasks": {task: {"episodes": n, "success_rate": x, "ci95": [lo, hi], "mean_steps": m, ...}},
+     "tick_ms": {"p50": ..., "p99": ...}, ...}
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, n={n}], got {successes}")
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def percentiles(values: Sequence[float]) -> dict:
+    if len(values) == 0:
+        return {"p50": None, "p99": None, "mean": None, "max": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
+            "max": float(a.max())}
+
+
+def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, policy_name: str = "policy",
+             video=None, video_episodes: int = 2, progress: bool = True,
+             on_episode: Callable[[object], None] | None = None) -> dict:
+    """Run `episodes` episodes per task and summarise (see the module docstring).
+
+    video: a `gato_ros.sim.video.VideoWriter` (or None); the first `video_episodes` episodes of each task are
+    drawn into it.
+    """
+    from gato_ros.sim.rollout import run_episode
+    from gato_ros.sim.tasks import get_task
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    for t in tasks:
+        get_task(t)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes * len(tasks), unit="ep", desc=f"eval {policy_name}", leave=False)
+    t0 = time.perf_counter()
+    ticks: list[float] = []
+    per_task = {}
+    total_steps = 0
+    for task in tasks:
+        results = []
+        for i in range(episodes):
+            on_frame = None
+            if video is not None and i < video_episodes:
+                on_frame = lambda e: video.append(e.render_video_frame())  # noqa: E731
+            r = run_episode(env, policy, seed=seed + i, task=task, on_frame=on_frame)
+            results.append(r)
+            ticks.extend(r.tick_ms)
+            total_steps += r.steps
+            if on_episode is not None:
+                on_episode(r)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(task=task, success=f"{np.mean([x.success for x in results]):.2f}")
+        k = sum(r.success for r in results)
+        lo, hi = wilson_interval(k, len(results))
+        steps = [r.steps for r in results]
+        ok_steps = [r.steps for r in results if r.success]
+        per_task[task] = {
+            "episodes": len(results),
+            "success_rate": k / len(results),
+            "ci95": [lo, hi],
+            "mean_steps": float(np.mean(steps)),
+            "successes": k,
+            "mean_steps_success": float(np.mean(ok_steps)) if ok_steps else None,
+            "seeds": [seed, seed + episodes - 1],
+        }
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t0
+    return {
+        "policy": policy_name,
+        "tasks": per_task,
+        "tick_ms": percentiles(ticks),
+        "episodes": episodes * len(tasks),
+        "steps": total_steps,
+        "wall_s": wall,
+        "env_steps_per_s": total_steps / wall if wall > 0 else None,
+        "image_size": env.config.image_size,
+        "control_rate_hz": env.config.control_rate_hz,
+        "seed": seed,
+    }

@@ -1,0 +1,88 @@
+"""Evaluation: Wilson intervals, and the collect / eval / dataset info CLIs end to end on tiny budgets."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gato_ros.cli import main
+from gato_ros.evaluation import wilson_interval
+
+
+def test_wilson_interval_known_values():
+    # Reference values: Wilson (1927) score interval, z = 1.96; e.g. statsmodels proportion_confint(method="wilson").
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.27753, abs=1e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.23659, abs=1e-4) and hi == pytest.approx(0.76341, abs=1e-4)
+    lo, hi = wilson_interval(95, 100)
+    assert lo == pytest.approx(0.88825, abs=1e-4) and hi == pytest.approx(0.97846, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def _json_out(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_eval_expert_and_random_print_the_contract_json(capsys, tmp_path):
+    video = tmp_path / "eval.mp4"
+    assert main(["eval", "--policy", "expert", "--task", "reach", "--task", "pick_place", "--episodes", "3",
+                 "--seed", "11", "--json", "--no-progress", "--video", str(video), "--video-episodes", "1"]) == 0
+    res = _json_out(capsys)
+    assert res["policy"] == "expert"
+    for task in ("reach", "pick_place"):
+        t = res["tasks"][task]
+        assert t["episodes"] == 3 and t["success_rate"] == 1.0
+        lo, hi = t["ci95"]
+        assert 0 <= lo <= t["success_rate"] <= hi <= 1
+        assert t["mean_steps"] > 5
+    assert res["tick_ms"]["p50"] > 0 and res["tick_ms"]["p99"] >= res["tick_ms"]["p50"]
+    assert video.stat().st_size > 1000
+
+    assert main(["eval", "--policy", "random", "--task", "reach", "--episodes", "2", "--seed", "11", "--json",
+                 "--no-progress"]) == 0
+    res = _json_out(capsys)
+    assert res["policy"] == "random" and res["tasks"]["reach"]["success_rate"] == 0.0
+    assert res["tasks"]["reach"]["mean_steps"] == 60  # ran to the step budget
+
+
+def test_eval_rejects_unknown_policy_and_task(capsys):
+    with pytest.raises(SystemExit, match="neither"):
+        main(["eval", "--policy", "/nonexistent/bundle", "--episodes", "1", "--no-progress"])
+    with pytest.raises(ValueError, match="unknown task"):
+        main(["eval", "--policy", "expert", "--task", "juggle", "--episodes", "1", "--no-progress"])
+
+
+def test_collect_then_dataset_info(capsys, tmp_path):
+    out = tmp_path / "demos"
+    video = tmp_path / "collect.mp4"
+    assert main(["collect", "--task", "reach", "--episodes", "3", "--out", str(out), "--seed", "0", "--noise", "0.01",
+                 "--json", "--no-progress", "--video", str(video), "--video-episodes", "1"]) == 0
+    summary = _json_out(capsys)
+    assert summary["written"] == 3 and summary["expert_success_rate"]["reach"] == 1.0
+    assert video.stat().st_size > 1000
+    assert main(["dataset", "info", str(out), "--json"]) == 0
+    info = _json_out(capsys)
+    assert info["episodes"] == 3 and info["fps"] == 20.0 and set(info["tasks"]) == {"reach"}
+    assert info["steps"] == summary["env_steps"]
+
+    from gato_ros.dataset import EpisodeDataset
+
+    ds = EpisodeDataset(out)
+    ep = ds[0]
+    assert ep.observations["image"].shape == (len(ep), 64, 64, 3)
+    assert ep.meta["source"] == "sim-expert" and ep.meta["expert"]["noise"] == 0.01
+    assert ep.instruction.startswith("reach the ")
+    # Labels are the clean expert targets: bounded steps from one tick to the next.
+    assert np.abs(np.diff(ep.actions[:, :6], axis=0)).max() <= 0.06 + 1e-9
+
+
+def test_help_on_every_subcommand(capsys):
+    for argv in (["collect", "--help"], ["eval", "--help"], ["dataset", "--help"], ["dataset", "info", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    assert "--policy" in capsys.readouterr().out
