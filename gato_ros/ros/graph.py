@@ -177,12 +177,15 @@ def node_graph(given: dict[str, str] | None = None) -> list[NodeSpec]:
         # rest of the graph does.
         "stamp_sim_time": use_sim_time,
     }
-    recorder: dict[str, Any] = {"use_sim_time": use_sim_time}
+    recorder: dict[str, Any] = {"use_sim_time": use_sim_time, "bundle": policy.get("model_path", DEFAULT_MODEL)}
     if args["bag"]:
         recorder["bag"] = os.path.abspath(os.path.expanduser(args["bag"]))
+    # The policy follows the sim's task instruction unless the user fixed one.
+    remap = (("~/instruction", "/gato_sim/instruction"),) if sim and not args["instruction"] else ()
     return [
         NodeSpec("gato_sim", "gato_sim_node", "gato_ros.ros.sim_node", sim_params, params_file, condition="sim"),
-        NodeSpec("gato_policy", "gato_policy_node", "gato_ros.ros.policy_node", policy, params_file),
+        NodeSpec("gato_policy", "gato_policy_node", "gato_ros.ros.policy_node", policy, params_file,
+                 remappings=remap),
         NodeSpec(
             "gato_recorder", "gato_recorder_node", "gato_ros.ros.recorder_node", recorder, params_file, "record"
         ),

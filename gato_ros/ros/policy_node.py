@@ -114,8 +114,8 @@ def load_policy(path: Path, execution_provider: str) -> Any:
     """The runtime ONNX policy for a bundle, or StartupError with one clear sentence on what to do."""
     if not path.is_dir():
         raise StartupError(
-            f"model bundle {str(path)!r} does not exist; pass model_path:=DIR (a directory with gato.json, made by "
-            "`gato-ros export`), or build the shipped one with `make model`"
+            f"model bundle {str(path)!r} does not exist; point the model_path parameter (launch argument model:=DIR) "
+            "at a bundle directory with gato.json, as written by `gato-ros export`"
         )
     if not (path / "gato.json").is_file():
         raise StartupError(f"{str(path)!r} is not a model bundle (no gato.json); point model_path at an exported bundle")

@@ -1,0 +1,149 @@
+"""Run the node graph of graph.py as subprocesses: `gato-ros launch arm`, `gato-ros demo`, `eval --ros`, tests.
+
+Each node is its own process (as under `ros2 launch`), started as `python -m <module> --ros-args -r __node:=NAME
+--params-file config/arm.yaml --params-file <overrides.yaml> -r FROM:=TO`, so nodes talk over real DDS and a
+crash in one is visible as an exit code, not a hung thread. The override file carries the typed parameters from
+graph.py (what launch_ros does with a parameter dict).
+
+Stopping sends SIGINT (rclpy turns it into KeyboardInterrupt and the nodes shut down cleanly), then SIGTERM, then
+SIGKILL to whatever is left.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import yaml
+
+from gato_ros.ros.graph import NodeSpec, active_nodes
+
+
+def node_command(spec: NodeSpec, overrides_file: str) -> list[str]:
+    """The command line that starts one node with its parameters and remappings."""
+    cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+    if spec.params_file:
+        cmd += ["--params-file", spec.params_file]
+    cmd += ["--params-file", overrides_file]
+    for src, dst in spec.remappings:
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
+
+
+class GraphProcesses:
+    """The active nodes for some launch arguments, as child processes.
+
+    echo: prefix each output line with the node name and print it (the CLI); otherwise lines go to
+    `<log_dir>/<node>.log` (demo, eval, tests) and `tail(name)` shows the end of a log for error messages.
+    """
+
+    def __init__(self, arguments: dict[str, str] | None = None, echo: bool = True, log_dir: str | Path | None = None,
+                 env: dict[str, str] | None = None):
+        self.specs = active_nodes(arguments or {})
+        self.echo = echo
+        self._tmp = tempfile.TemporaryDirectory(prefix="gato_launch_")
+        self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ if env is None else env)
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._pumps: list[threading.Thread] = []
+        self._logs: list[IO] = []
+
+    def commands(self) -> dict[str, list[str]]:
+        out = {}
+        for spec in self.specs:
+            path = Path(self._tmp.name) / f"{spec.name}.params.yaml"
+            path.write_text(yaml.safe_dump({spec.name: {"ros__parameters": dict(spec.parameters)}}, sort_keys=True))
+            out[spec.name] = node_command(spec, str(path))
+        return out
+
+    def start(self) -> "GraphProcesses":
+        for name, cmd in self.commands().items():
+            if self.echo:
+                proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        bufsize=1)
+                pump = threading.Thread(target=_pump, args=(proc.stdout, f"[{name}] "), daemon=True)
+                pump.start()
+                self._pumps.append(pump)
+            else:
+                log = open(self.log_dir / f"{name}.log", "w")
+                self._logs.append(log)
+                proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs[name] = proc
+        return self
+
+    def poll(self) -> dict[str, int | None]:
+        return {name: p.poll() for name, p in self.procs.items()}
+
+    def exited(self) -> dict[str, int]:
+        """Nodes that have exited, with their return codes."""
+        return {n: rc for n, rc in self.poll().items() if rc is not None}
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.is_file():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self) -> int:
+        """Block until a node exits (then stop the rest) or SIGINT/SIGTERM; the first non-zero exit code or 0."""
+        stop = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stop.is_set() and not self.exited():
+                stop.wait(0.2)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        early = self.exited()
+        codes = self.stop()
+        for name, rc in early.items():
+            if rc != 0:
+                print(f"[launch] {name} exited with code {rc}", file=sys.stderr)
+                return rc
+        return next((rc for rc in codes.values() if rc not in (0, None, -signal.SIGINT)), 0)
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """SIGINT every running node, then SIGTERM / SIGKILL after `timeout` s; returns the exit codes."""
+        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            running = [p for p in self.procs.values() if p.poll() is None]
+            if not running:
+                break
+            for p in running:
+                p.send_signal(sig)
+            deadline = time.monotonic() + wait_s
+            for p in running:
+                try:
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        for t in self._pumps:
+            t.join(timeout=2.0)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        return self.poll()
+
+    def close(self) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "GraphProcesses":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pump(stream: IO[str], prefix: str) -> None:
+    for line in iter(stream.readline, ""):
+        sys.stdout.write(prefix + line)
+        sys.stdout.flush()
+    stream.close()
