@@ -60,6 +60,7 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("execution_provider", "auto", "ONNX Runtime provider", ("auto", "tensorrt", "cuda", "cpu")),
     LaunchArgument("task", "", "sim task for every episode (empty: rotate through all tasks)"),
     LaunchArgument("seed", "0", "sim seed of the first episode (episode k uses seed + k)"),
+    LaunchArgument("image_size", "", "sim camera size in pixels (empty: config/arm.yaml's, 64)"),
     LaunchArgument("auto_reset", "true", "the sim starts a new episode by itself when one ends", BOOL),
     LaunchArgument("config", "", "parameter file for all nodes (empty: the installed config/arm.yaml)"),
 )
@@ -145,6 +146,8 @@ def resolve_arguments(given: dict[str, str] | None = None) -> dict[str, str]:
         int(args["seed"])
     except ValueError:
         raise ValueError(f"seed:={args['seed']!r} must be an integer") from None
+    if args["image_size"] and not (args["image_size"].isdigit() and int(args["image_size"]) > 0):
+        raise ValueError(f"image_size:={args['image_size']!r} must be a positive integer (pixels)")
     return args
 
 
@@ -177,6 +180,8 @@ def node_graph(given: dict[str, str] | None = None) -> list[NodeSpec]:
         # rest of the graph does.
         "stamp_sim_time": use_sim_time,
     }
+    if args["image_size"]:
+        sim_params["image_size"] = int(args["image_size"])
     recorder: dict[str, Any] = {"use_sim_time": use_sim_time, "bundle": policy.get("model_path", DEFAULT_MODEL)}
     if args["bag"]:
         recorder["bag"] = os.path.abspath(os.path.expanduser(args["bag"]))
