@@ -1,0 +1,188 @@
+"""Model bundle: `models/<name>/` = ONNX graphs + `gato.json` (numpy / json only; the runtime loads it).
+
+Files:
+
+| file           | content                                                                                  |
+|----------------|------------------------------------------------------------------------------------------|
+| `gato.json`    | everything the runtime needs (below) + provenance and evaluation results                 |
+| `prefill.onnx` | T new tokens (any kind) against the KV cache -> action logits of the last token, new K/V |
+| `decode.onnx`  | one action token against the KV cache -> action logits, new K/V                          |
+| `model.pt`     | torch weights + config, only for fine-tuning (`gato-ros train --init BUNDLE`)             |
+| `README.md`    | model card                                                                               |
+
+`gato.json` keys: `format`, `name`, `model` (GatoConfig incl. `tokenizer` and timestep `spec`), `tokenizer`,
+`text_tokenizer`, `image_size`, `observation_layout`, `joint_names`, `joint_limits`, `control_rate_hz`,
+`action` (normaliser + encoding), `context` (window, prefix and ring sizes), `graphs` (file, sha256, inputs,
+outputs), `provenance`, `export_check`, `eval`.
+
+Graph interface (H heads, Dh head dim, P prefix slots, R ring slots, L layers; see `gato_ros.model.model`):
+inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `local_pos`, `row_bin`, `col_bin`,
+`prefix_pos` (T,) int64, `rope_cos`, `rope_sin` (T, Dh/2) f32, `mask_prefix` (T, P), `mask_ring` (T, R),
+`mask_new` (T, T) f32 additive, and per layer l `prefix_k_l` (H, Dh, P), `prefix_v_l` (H, P, Dh), `ring_k_l`
+(H, Dh, R), `ring_v_l` (H, R, Dh); outputs `logits` (1, num_bins), `new_k`, `new_v` (L, H, T, Dh).
+`decode.onnx` takes `tokens` (1,), the rope tables, the masks with T = 1 and the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gato_ros.model.config import GatoConfig
+from gato_ros.sequence import ActionNormalizer
+
+FORMAT = "gato_ros.bundle/1"
+CONFIG_FILE = "gato.json"
+GRAPHS = ("prefill", "decode")
+
+EMBED_INPUTS = ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")
+STEP_INPUTS = ("rope_cos", "rope_sin", "mask_prefix", "mask_ring", "mask_new")
+OUTPUTS = ("logits", "new_k", "new_v")
+
+
+def cache_names(n_layers: int) -> list[str]:
+    return [f"{n}_{l}" for l in range(n_layers) for n in ("prefix_k", "prefix_v", "ring_k", "ring_v")]
+
+
+def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
+    """(name, dtype, shape) of every input of `graph`; "T" marks the dynamic token axis (1 for decode)."""
+    T = "T" if graph == "prefill" else 1
+    H, Dh, P, R = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
+    out: list[tuple[str, str, tuple]] = []
+    if graph == "prefill":
+        out += [("tokens", "int64", (T,)), ("patches", "float32", (T, cfg.patch_dim)), ("is_image", "bool", (T,)),
+                ("local_pos", "int64", (T,)), ("row_bin", "int64", (T,)), ("col_bin", "int64", (T,)),
+                ("prefix_pos", "int64", (T,))]
+    else:
+        out += [("tokens", "int64", (T,))]
+    out += [("rope_cos", "float32", (T, Dh // 2)), ("rope_sin", "float32", (T, Dh // 2)),
+            ("mask_prefix", "float32", (T, P)), ("mask_ring", "float32", (T, R)), ("mask_new", "float32", (T, T))]
+    for l in range(cfg.n_layers):
+        out += [(f"prefix_k_{l}", "float32", (H, Dh, P)), (f"prefix_v_{l}", "float32", (H, P, Dh)),
+                (f"ring_k_{l}", "float32", (H, Dh, R)), (f"ring_v_{l}", "float32", (H, R, Dh))]
+    return out
+
+
+def graph_outputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
+    T = "T" if graph == "prefill" else 1
+    kv = (cfg.n_layers, cfg.n_heads, T, cfg.head_dim)
+    return [("logits", "float32", (1, cfg.tokenizer.num_bins)), ("new_k", "float32", kv), ("new_v", "float32", kv)]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: the message names the file and what is wrong."""
+
+
+class Bundle:
+    """A parsed, checked bundle directory (graph files exist and match their recorded hashes)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = path
+        self.meta = meta
+        cfg_file = path / CONFIG_FILE
+        try:
+            self.config = GatoConfig.from_dict(meta["model"])
+            self.normalizer = ActionNormalizer.from_dict(meta["action"]["normalization"])
+            self.joint_names = [str(n) for n in meta["joint_names"]]
+            self.joint_limits = np.asarray(meta["joint_limits"], dtype=np.float64)
+            self.control_rate_hz = float(meta["control_rate_hz"])
+            size = meta.get("image_size")
+            # An int for square images (the sim's and the datasets' convention), else (H, W).
+            hw = tuple(int(v) for v in size) if isinstance(size, (list, tuple)) else (int(size), int(size)) if size \
+                else None
+            self.image_size = (hw[0] if hw[0] == hw[1] else hw) if hw else None
+            graphs = meta["graphs"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{cfg_file}: invalid or incomplete ({type(e).__name__}: {e})") from None
+        A = self.config.spec.action_size
+        if len(self.joint_names) != A or self.joint_limits.shape != (A, 2):
+            raise BundleError(f"{cfg_file}: {len(self.joint_names)} joint_names and joint_limits of shape "
+                              f"{self.joint_limits.shape}, but the model acts on {A} joints")
+        if self.normalizer.low.shape != (A,):
+            raise BundleError(f"{cfg_file}: action normalisation has {self.normalizer.low.shape[0]} joints, "
+                              f"the model acts on {A}")
+        self.graph_files: dict[str, Path] = {}
+        for g in GRAPHS:
+            if g not in graphs:
+                raise BundleError(f"{cfg_file}: no graphs.{g} entry")
+            f = path / graphs[g]["file"]
+            if not f.is_file():
+                raise BundleError(f"{f}: missing (bundle {path} lists it as the {g} graph)")
+            want = graphs[g].get("sha256")
+            if want and sha256(f) != want:
+                raise BundleError(f"{f}: corrupt (sha256 differs from {CONFIG_FILE}); re-export the bundle")
+            self.graph_files[g] = f
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bundle":
+        p = Path(path)
+        if not p.is_dir():
+            raise BundleError(f"{p}: not a bundle directory (expected models/<name>/ with {CONFIG_FILE})")
+        f = p / CONFIG_FILE
+        if not f.is_file():
+            raise BundleError(f"{f}: missing; is {p} a gato_ros bundle?")
+        try:
+            meta = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise BundleError(f"{f}: not valid JSON ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise BundleError(f"{f}: format {meta.get('format')!r}, this runtime reads {FORMAT!r}")
+        return cls(p, meta)
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+
+
+def bundle_meta(cfg: GatoConfig, normalizer: ActionNormalizer, robot: dict[str, Any], name: str,
+                provenance: dict[str, Any]) -> dict[str, Any]:
+    """The `gato.json` content for a model (graph entries and checks are added by export)."""
+    spec = cfg.spec
+    return {
+        "format": FORMAT,
+        "name": name,
+        "model": cfg.to_dict(),
+        "tokenizer": cfg.to_dict()["tokenizer"],
+        "text_tokenizer": cfg.tokenizer.text_tokenizer,
+        "image_size": list(spec.image_shape[:2]) if spec.image_shape is not None else None,
+        "observation_layout": {
+            "image": list(spec.image_shape) if spec.image_shape is not None else None,
+            "continuous": {k: int(spec.continuous[k]) for k in spec.continuous_keys},
+            "order": ["image", *spec.continuous_keys, "separator", "action"],
+            "tokens_per_step": cfg.step_tokens,
+            "observation_tokens": cfg.observation_tokens,
+            "image_encoding": "rgb8" if spec.image_shape is None or spec.image_shape[2] == 3 else "mono8",
+        },
+        "joint_names": list(robot["joint_names"]),
+        "joint_limits": [list(map(float, r)) for r in robot["joint_limits"]],
+        "control_rate_hz": float(robot.get("control_rate_hz", 20.0)),
+        "action": {
+            "normalization": normalizer.to_dict(),
+            "encoding": "uniform",
+            "num_bins": cfg.tokenizer.num_bins,
+            "size": spec.action_size,
+        },
+        "context": {
+            "window_steps": cfg.window_steps,
+            "max_text_tokens": cfg.max_text_tokens,
+            "prompt_steps": cfg.prompt_steps,
+            "prefix_slots": cfg.prefix_slots,
+            "ring_slots": cfg.ring_slots,
+            "context_tokens": cfg.context_tokens,
+        },
+        "graphs": {},
+        "provenance": provenance,
+        "export_check": {},
+        "eval": {},
+    }

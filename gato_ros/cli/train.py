@@ -1,0 +1,64 @@
+"""`gato-ros train`: train (or fine-tune) the transformer on episode datasets.
+
+    gato-ros train --data data/reach --data data/pick --out runs/small --config gato-small --steps 2000
+    torchrun --nproc_per_node=2 -m gato_ros.cli train --data data/reach --out runs/ddp   # DDP (gloo on CPU)
+
+Writes RUN/checkpoint.pt (resumable with --resume), RUN/log.csv, RUN/loss.png, RUN/train_config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gato_ros.model.config import PRESETS
+
+    d = _defaults()
+    parser.add_argument("--data", action="append", required=True, metavar="DIR",
+                        help="episode dataset directory (repeat for several)")
+    parser.add_argument("--out", required=True, metavar="RUN", help="run directory for checkpoints and logs")
+    parser.add_argument("--config", default=d.config, choices=sorted(PRESETS), help="model preset (default %(default)s)")
+    parser.add_argument("--init", metavar="BUNDLE_OR_CKPT", help="start from this checkpoint / run dir / bundle")
+    parser.add_argument("--steps", type=int, default=d.steps, help="total optimiser steps (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per step per process")
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps (default %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    parser.add_argument("--prompt-prob", type=float, default=d.prompt_prob,
+                        help="share of contexts with a Gato prompt prefix (default %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    parser.add_argument("--val-every", type=int, default=d.val_every)
+    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    parser.add_argument("--seed", type=int, default=d.seed, help="one seed for python, numpy and torch")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: cores / processes)")
+    parser.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt if it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the final losses as JSON")
+
+
+def _defaults():
+    from gato_ros.model.train import TrainConfig
+
+    return TrainConfig()
+
+
+def run(args: argparse.Namespace) -> int:
+    from gato_ros.model.train import TrainConfig, train
+
+    tc = TrainConfig(
+        out=args.out, data=list(args.data), config=args.config, init=args.init, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, max(1, args.steps // 5)),
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
+        val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+        threads=args.threads, resume=args.resume, progress=not args.no_progress,
+    )
+    result = train(tc)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result) if args.json else
+              f"step {result['step']}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}; "
+              f"checkpoint {result['checkpoint']}")
+    return 0

@@ -1,0 +1,168 @@
+"""Typed model configuration and named presets (torch-free, so the bundle and runtime can read it).
+
+Presets:
+
+| name         | layers | width | heads | FF   | window (timesteps) | text vocab | use                              |
+|--------------|--------|-------|-------|------|--------------------|------------|----------------------------------|
+| `gato-tiny`  | 2      | 64    | 4     | 128  | 3                  | bytes      | unit tests (seconds on a CPU)    |
+| `gato-small` | 4      | 256   | 8     | 1024 | 6                  | bytes      | the shipped arm model (CPU)      |
+| `gato-79m`   | 8      | 768   | 24    | 3072 | 16                 | 32000      | Gato paper's smallest (Table 1) |
+
+`gato-79m` keeps the paper's 32000-token text vocabulary: its 24.6M embedding rows plus 8 x 12 x 768^2 = 56.6M
+block weights are the paper's 79M parameters. The byte-level presets use the 259-token byte vocabulary.
+
+The context the model attends to at every token is the *pinned prefix* (instruction bytes, optionally a Gato
+prompt of `prompt_steps` timesteps) plus the last `window_steps` timesteps; see `gato_ros.sequence` for why this
+sliding window makes the deployed KV-cache ring buffer compute exactly what training computes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gato_ros.tokenizer import BYTE_TEXT_VOCAB, TimestepSpec, TokenizerConfig
+
+ACTION_MODES = ("delta", "absolute")
+
+
+@dataclass
+class GatoConfig:
+    """Architecture, context and data layout of one Gato-style model. Written into checkpoints and bundles."""
+
+    name: str = "gato-small"
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 8
+    d_ff: int = 1024
+    window_steps: int = 6  # timesteps visible to every token (sliding window; the KV ring buffer size)
+    max_text_tokens: int = 48  # instruction bytes incl. BOS/EOS, pinned at the start of the context
+    prompt_steps: int = 2  # timesteps of a Gato prompt episode in the pinned prefix (0 disables prompting)
+    patch_channels: int = 32  # ResNet-v2 patch block width
+    patch_groups: int = 8  # GroupNorm groups in the patch block
+    patch_stem_stride: int = 4  # stem conv kernel = stride: 16x16 patch -> 4x4 feature map
+    pos_bins: int = 128  # Gato App. C.2: patch row/col positions quantised into 128 intervals
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    action_mode: str = "delta"  # "delta": targets minus current joint_pos; "absolute": the targets themselves
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(text_vocab_size=BYTE_TEXT_VOCAB))
+    spec: TimestepSpec = field(default_factory=TimestepSpec)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokenizer, Mapping):
+            self.tokenizer = TokenizerConfig.from_dict(self.tokenizer)
+        if isinstance(self.spec, Mapping):
+            self.spec = TimestepSpec.from_dict(self.spec)
+        for f in ("n_layers", "d_model", "n_heads", "d_ff", "window_steps", "patch_channels", "pos_bins"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"GatoConfig.{f}={getattr(self, f)}: must be a positive integer")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"GatoConfig: d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"GatoConfig: head_dim={self.head_dim} must be even for rotary positions")
+        if self.window_steps < 2:
+            raise ValueError(f"GatoConfig.window_steps={self.window_steps}: need >= 2 (a tick spans two timesteps)")
+        if self.max_text_tokens < 2:
+            raise ValueError(f"GatoConfig.max_text_tokens={self.max_text_tokens}: need room for BOS and EOS")
+        if self.prompt_steps < 0:
+            raise ValueError(f"GatoConfig.prompt_steps={self.prompt_steps}: must be >= 0")
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(f"GatoConfig.action_mode={self.action_mode!r}: choose one of {ACTION_MODES}")
+        if self.patch_channels % self.patch_groups:
+            raise ValueError(
+                f"GatoConfig: patch_channels={self.patch_channels} must be divisible by patch_groups={self.patch_groups}"
+            )
+        p = self.tokenizer.patch_size
+        if p % self.patch_stem_stride:
+            raise ValueError(f"GatoConfig: patch_size={p} must be divisible by patch_stem_stride={self.patch_stem_stride}")
+        if self.spec.text_tokens:
+            raise ValueError("GatoConfig.spec.text_tokens must be 0: the instruction is a pinned prefix, not per step")
+        if self.spec.image_shape is not None and self.spec.image_shape[2] not in (1, 3):
+            raise ValueError(f"GatoConfig.spec.image_shape={self.spec.image_shape}: 1 or 3 channels expected")
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def vocab_size(self) -> int:
+        t = self.tokenizer
+        return t.text_vocab_size + t.num_bins + 1
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens per timestep S (38 for a 64x64 camera, 7+7 joint values and 7 actions)."""
+        return self.observation_tokens + self.spec.action_size
+
+    @property
+    def observation_tokens(self) -> int:
+        """Tokens before the actions in a timestep (image patches, continuous values, separator)."""
+        n_img = 0
+        if self.spec.image_shape is not None:
+            h, w, _ = self.spec.image_shape
+            n_img = (h // self.tokenizer.patch_size) * (w // self.tokenizer.patch_size)
+        return n_img + sum(int(v) for v in self.spec.continuous.values()) + 1
+
+    @property
+    def patch_dim(self) -> int:
+        c = self.spec.image_shape[2] if self.spec.image_shape is not None else 3
+        return self.tokenizer.patch_size ** 2 * c
+
+    @property
+    def prefix_slots(self) -> int:
+        """Size P of the pinned prefix: instruction + prompt timesteps."""
+        return self.max_text_tokens + self.prompt_steps * self.step_tokens
+
+    @property
+    def ring_slots(self) -> int:
+        """Size R of the timestep ring buffer: `window_steps` whole timesteps."""
+        return self.window_steps * self.step_tokens
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prefix_slots + self.ring_slots
+
+    def num_parameters(self) -> dict[str, int]:
+        """Approximate parameter counts (embeddings vs. transformer blocks), for reports."""
+        d, f = self.d_model, self.d_ff
+        block = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
+        return {"embedding": self.vocab_size * d, "blocks": self.n_layers * block}
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["tokenizer"] = dataclasses.asdict(self.tokenizer)
+        out["spec"] = self.spec.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GatoConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"GatoConfig: unknown fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> "GatoConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, GatoConfig] = {
+    "gato-tiny": GatoConfig(
+        name="gato-tiny", n_layers=2, d_model=64, n_heads=4, d_ff=128, window_steps=3, max_text_tokens=32,
+        prompt_steps=1, patch_channels=8, patch_groups=4,
+    ),
+    "gato-small": GatoConfig(name="gato-small"),
+    "gato-79m": GatoConfig(
+        name="gato-79m", n_layers=8, d_model=768, n_heads=24, d_ff=3072, window_steps=16, max_text_tokens=64,
+        prompt_steps=2, patch_channels=64, patch_groups=16, tokenizer=TokenizerConfig(),
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> GatoConfig:
+    """A copy of preset `name` with `overrides` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

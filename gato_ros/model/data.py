@@ -1,0 +1,218 @@
+"""Episodes -> batches of training contexts (numpy; the model side converts to torch).
+
+A training sample is one context (`gato_ros.sequence`): the instruction, with probability `prompt_prob` a Gato
+prompt (`prompt_steps` timesteps of another episode of the same task: half the time the end of a successful
+episode, i.e. goal conditioning, half a uniformly drawn stretch; Gato Sec. 3), then `window_steps` consecutive
+timesteps from a uniformly drawn start. Each timestep carries 7 action targets.
+
+Works over any sequence of Episode-like objects (`observations` dict, `actions`, `instruction`, `task`,
+`success`, `meta`), e.g. `gato_ros.dataset.EpisodeDataset`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from gato_ros.model.config import GatoConfig
+from gato_ros.sequence import ActionNormalizer, ContextBuilder
+from gato_ros.tokenizer import GatoTokenizer, TimestepSpec
+
+OBS_KEYS = ("joint_pos", "joint_vel")
+
+
+def _name(ep: Any, i: int) -> str:
+    meta = getattr(ep, "meta", {}) or {}
+    src = meta.get("path") or meta.get("source") or getattr(ep, "path", None)
+    return f"episode {i}" + (f" ({src})" if src else "") + f" task={getattr(ep, 'task', '?')!r}"
+
+
+def check_episodes(episodes: Sequence[Any]) -> TimestepSpec:
+    """The common timestep spec of `episodes`; ValueError naming the first episode that disagrees or is empty."""
+    if len(episodes) == 0:
+        raise ValueError("training data is empty: no episodes found; pass --data DIR with episodes from "
+                         "`gato-ros collect` or `gato-ros dataset from-bags`")
+    spec = None
+    first = ""
+    for i, ep in enumerate(episodes):
+        obs = ep.observations
+        missing = [k for k in ("image",) + OBS_KEYS if k not in obs]
+        if missing:
+            raise ValueError(f"{_name(ep, i)}: observations lack {missing}; expected keys image, joint_pos, joint_vel")
+        T = len(ep.actions)
+        if T == 0:
+            raise ValueError(f"{_name(ep, i)}: has no steps")
+        for k in ("image",) + OBS_KEYS:
+            if len(obs[k]) != T:
+                raise ValueError(f"{_name(ep, i)}: observations[{k!r}] has {len(obs[k])} steps, actions have {T}")
+        s = TimestepSpec(
+            image_shape=tuple(int(v) for v in np.shape(obs["image"])[1:]),
+            continuous={k: int(np.shape(obs[k])[1]) for k in OBS_KEYS},
+            action_size=int(np.shape(ep.actions)[1]),
+        )
+        if spec is None:
+            spec, first = s, _name(ep, i)
+        elif s != spec:
+            raise ValueError(
+                f"{_name(ep, i)}: layout {s.to_dict()} differs from {first}: {spec.to_dict()}; "
+                f"train on episodes with one joint count and one image size"
+            )
+    return spec
+
+
+@dataclass
+class Sample:
+    episode: int
+    start: int
+    prompt_episode: int | None
+    prompt_start: int
+
+
+class EpisodeSequences:
+    """Samples fixed-size training contexts from episodes. Deterministic given the generator passed in."""
+
+    def __init__(self, episodes: Sequence[Any], cfg: GatoConfig, normalizer: ActionNormalizer,
+                 prompt_prob: float = 0.25):
+        spec = check_episodes(episodes)
+        if spec != cfg.spec:
+            raise ValueError(f"episodes have layout {spec.to_dict()}, the model config expects {cfg.spec.to_dict()}")
+        self.episodes = episodes
+        self.cfg = cfg
+        self.norm = normalizer
+        self.tok = GatoTokenizer(cfg.tokenizer)
+        self.builder = ContextBuilder(cfg, self.tok)
+        self.prompt_prob = prompt_prob if cfg.prompt_steps > 0 else 0.0
+        self.lengths = np.array([len(ep.actions) for ep in episodes])
+        self.by_task: dict[str, list[int]] = {}
+        self.success_by_task: dict[str, list[int]] = {}
+        for i, ep in enumerate(episodes):
+            self.by_task.setdefault(ep.task, []).append(i)
+            if getattr(ep, "success", False):
+                self.success_by_task.setdefault(ep.task, []).append(i)
+        self._text = [self.builder.text_ids(ep.instruction) for ep in episodes]
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def tokens(self, i: int, start: int, n: int):
+        """TimestepTokens of steps [start, start+n) of episode i (actions normalised)."""
+        ep = self.episodes[i]
+        obs = {k: np.asarray(ep.observations[k][start:start + n]) for k in ("image",) + OBS_KEYS}
+        act = self.norm.normalize(np.asarray(ep.actions[start:start + n]), obs["joint_pos"])
+        return self.tok.tokenize_steps(obs, act, self.cfg.spec)
+
+    def draw(self, rng: np.random.Generator) -> Sample:
+        """Episode weighted by its number of windows, a uniform window start, and maybe a prompt."""
+        N = self.cfg.window_steps
+        weights = np.maximum(self.lengths - N + 1, 1).astype(np.float64)
+        i = int(rng.choice(len(self.episodes), p=weights / weights.sum()))
+        start = int(rng.integers(0, max(self.lengths[i] - N, 0) + 1))
+        pe, ps = None, 0
+        if self.prompt_prob and rng.random() < self.prompt_prob:
+            task = self.episodes[i].task
+            others = [j for j in self.by_task[task] if j != i] or [i]
+            k = self.cfg.prompt_steps
+            if rng.random() < 0.5 and self.success_by_task.get(task):
+                succ = [j for j in self.success_by_task[task] if j != i] or self.success_by_task[task]
+                pe = int(rng.choice(succ))
+                ps = max(int(self.lengths[pe]) - k, 0)  # the end of a successful episode: goal conditioning
+            else:
+                pe = int(rng.choice(others))
+                ps = int(rng.integers(0, max(int(self.lengths[pe]) - k, 0) + 1))
+        return Sample(i, start, pe, ps)
+
+    def context(self, s: Sample, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        N = self.cfg.window_steps
+        steps = self.tokens(s.episode, s.start, N)
+        prompt = None
+        if s.prompt_episode is not None:
+            prompt = self.tokens(s.prompt_episode, s.prompt_start, self.cfg.prompt_steps)
+        return self.builder.build(self._text[s.episode], steps, s.start, prompt, n_steps=N, rng=rng)
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        """`batch_size` random contexts stacked: each array gets a leading batch axis."""
+        ctx = [self.context(self.draw(rng), rng) for _ in range(batch_size)]
+        return compact({k: np.stack([c[k] for c in ctx]) for k in ctx[0]})
+
+    def fixed_batches(self, seed: int, n_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+        """Deterministic batches with inference-time patch bins (validation)."""
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n_batches):
+            ctx = [self.context(self.draw(rng), None) for _ in range(batch_size)]
+            out.append(compact({k: np.stack([c[k] for c in ctx]) for k in ctx[0]}))
+        return out
+
+
+def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop positions that are padding in every context of the batch (mostly unused prefix slots when no sample
+    carries a prompt). Exact: every position's inputs (rotary angles, prefix position, step) are explicit, and
+    padding keys are masked anyway."""
+    keep = batch["valid"].any(axis=0)
+    if keep.all():
+        return batch
+    return {k: v[:, keep] for k, v in batch.items()}
+
+
+def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Episode indices for training and validation (at least one of each when n >= 2)."""
+    idx = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    else:
+        n_val = 0
+    return sorted(idx[n_val:].tolist()), sorted(idx[:n_val].tolist())
+
+
+def fit_normalizer(episodes: Sequence[Any], mode: str, margin: float = 0.1) -> ActionNormalizer:
+    return ActionNormalizer.fit([np.asarray(ep.actions) for ep in episodes],
+                                [np.asarray(ep.observations["joint_pos"]) for ep in episodes], mode, margin)
+
+
+@dataclass
+class SyntheticEpisode:
+    """An Episode-like object for tests and smoke runs (same attributes as `gato_ros.dataset.Episode`)."""
+
+    observations: dict
+    actions: np.ndarray
+    instruction: str
+    task: str
+    seed: int = 0
+    success: bool = True
+    meta: dict | None = None
+
+
+def synthetic_episodes(n: int, steps: int, seed: int = 0, image_size: int = 64,
+                       tasks: Sequence[str] = ("reach red", "reach blue")) -> list[SyntheticEpisode]:
+    """Learnable toy episodes: each joint moves toward a goal that depends on the task and is drawn in the image
+    as a coloured square; the action is a small step toward it (like a position-controlled arm)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in range(n):
+        task = tasks[e % len(tasks)]
+        goal = np.tanh(rng.normal(size=7)) * (0.5 if "red" in task else -0.5)
+        goal[6] = 0.02 + 0.02 * (e % 2)
+        q = rng.normal(scale=0.3, size=7)
+        q[6] = 0.0
+        imgs, qs, vs, acts = [], [], [], []
+        v = np.zeros(7)
+        for _ in range(steps):
+            img = np.full((image_size, image_size, 3), 40, np.uint8)
+            c = (255, 0, 0) if "red" in task else (0, 0, 255)
+            x = int((goal[0] + 1) / 2 * (image_size - 8))
+            img[8:16, x:x + 8] = c
+            a = q + np.clip(goal - q, -0.05, 0.05)
+            imgs.append(img)
+            qs.append(q.copy())
+            vs.append(v.copy())
+            acts.append(a)
+            v = (a - q) * 20.0
+            q = a
+        out.append(SyntheticEpisode(
+            {"image": np.stack(imgs), "joint_pos": np.stack(qs), "joint_vel": np.stack(vs)}, np.stack(acts),
+            f"{task} goal", task.replace(" ", "_"), seed + e, True,
+            {"joint_names": [f"j{i}" for i in range(7)], "control_rate_hz": 20.0},
+        ))
+    return out

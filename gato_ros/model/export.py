@@ -1,0 +1,286 @@
+"""Checkpoint -> bundle: ONNX graphs (prefill, decode) + gato.json, checked against torch.
+
+Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), the supported path in torch 2.x (the
+TorchScript exporter is deprecated). The prefill graph has one dynamic axis (new tokens T); the decode graph is
+fully static (T = 1), as are all cache buffers, so ONNX Runtime can plan memory once.
+
+Checks (any failure raises ExportCheckError and leaves no bundle behind):
+1. `onnx.checker.check_model` on both graphs;
+2. ONNX Runtime vs torch `forward_cached` on random inputs (random cache contents, random masks) for both graphs;
+3. multi-step cached decoding: the runtime policy (ONNX Runtime, ring buffer) drives a random episode longer than
+   the window; its logits at every action position must match the torch model's full-context forward
+   (sliding-window mask) on the same tokens.
+Tolerance: max |logit difference| <= 1e-4 (fp32).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gato_ros.bundle import CONFIG_FILE, GRAPHS, Bundle, bundle_meta, graph_inputs, sha256, write_meta
+from gato_ros.model.config import GatoConfig
+from gato_ros.model.model import GatoModel
+from gato_ros.sequence import ActionNormalizer, ContextBuilder
+from gato_ros.tokenizer import GatoTokenizer
+
+TOLERANCE = 1e-4
+
+
+class ExportCheckError(RuntimeError):
+    """ONNX disagrees with torch (or is malformed); the message says by how much and where."""
+
+
+class _Prefill(nn.Module):
+    def __init__(self, model: GatoModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return self.model.forward_cached(*inputs)
+
+
+class _Decode(nn.Module):
+    def __init__(self, model: GatoModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return self.model.decode_cached(*inputs)
+
+
+def example_inputs(cfg: GatoConfig, graph: str, T: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs for `graph` with T new tokens: random cache contents and masks (each row keeps itself)."""
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape in graph_inputs(cfg, graph):
+        shape = tuple(T if d == "T" else d for d in shape)
+        if name == "tokens":
+            v = rng.integers(0, cfg.vocab_size, shape)
+        elif name in ("local_pos",):
+            v = rng.integers(0, cfg.observation_tokens + 1, shape)
+        elif name in ("prefix_pos",):
+            v = rng.integers(0, cfg.prefix_slots + 1, shape)
+        elif name in ("row_bin", "col_bin"):
+            v = rng.integers(0, cfg.pos_bins, shape)
+        elif name == "is_image":
+            v = rng.random(shape) < 0.5
+        elif name.startswith("mask"):
+            v = np.where(rng.random(shape) < 0.3, -np.inf, 0.0)
+            if name == "mask_new":
+                v = v + np.triu(np.full(shape, -np.inf), 1)
+                np.fill_diagonal(v, 0.0)
+        elif name == "rope_cos":
+            ang = rng.uniform(0, 100, shape)
+            v, out["rope_sin"] = np.cos(ang), np.sin(ang).astype(np.float32)
+        elif name == "rope_sin":
+            continue
+        else:
+            v = rng.normal(size=shape)
+        out[name] = np.asarray(v).astype(dtype)
+    return {n: out[n] for n, _, _ in graph_inputs(cfg, graph)}
+
+
+def export_graph(model: GatoModel, graph: str, path: Path) -> None:
+    """Export `graph` ("prefill" or "decode") of `model` to `path` with the names of `gato_ros.bundle`."""
+    cfg = model.cfg
+    rng = np.random.default_rng(0)
+    T = 8 if graph == "prefill" else 1
+    ex = example_inputs(cfg, graph, T, rng)
+    names = list(ex)
+    args = tuple(torch.from_numpy(ex[n]) for n in names)
+    module = _Prefill(model) if graph == "prefill" else _Decode(model)
+    dynamic = None
+    if graph == "prefill":
+        t = torch.export.Dim("T", min=1, max=cfg.context_tokens)
+        axes = {n: {0: t} for n, _, shape in graph_inputs(cfg, graph) if shape and shape[0] == "T"}
+        axes["mask_new"] = {0: t, 1: t}
+        dynamic = (tuple(axes.get(n) for n in names),)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, output_names=["logits", "new_k",
+                          "new_v"], dynamic_shapes=dynamic, optimize=True, external_data=False, verbose=False)
+
+
+def _ort_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    from gato_ros.runtime import session_options
+
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def check_graphs(model: GatoModel, files: dict[str, Path], seed: int = 0) -> dict[str, float]:
+    """Checks 1 and 2 of the module docstring; returns max |diff| per graph and output."""
+    import onnx
+
+    cfg = model.cfg
+    rng = np.random.default_rng(seed)
+    report: dict[str, float] = {}
+    for graph, path in files.items():
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as e:
+            raise ExportCheckError(f"{path}: ONNX checker failed: {e}") from None
+        sess = _ort_session(path)
+        for T in ((1, 5, cfg.observation_tokens + 1) if graph == "prefill" else (1,)):
+            ex = example_inputs(cfg, graph, T, rng)
+            got = sess.run(None, ex)
+            with torch.no_grad():
+                fn = model.forward_cached if graph == "prefill" else model.decode_cached
+                want = fn(*(torch.from_numpy(v) for v in ex.values()))
+            for name, g, w in zip(("logits", "new_k", "new_v"), got, want):
+                d = float(np.max(np.abs(g - w.numpy())))
+                key = f"{graph}.{name}"
+                report[key] = max(report.get(key, 0.0), d)
+                if not d <= TOLERANCE:
+                    raise ExportCheckError(f"{path}: ONNX Runtime and torch differ on random inputs (T={T}): "
+                                           f"max |{name} diff| = {d:.3g} > {TOLERANCE}")
+    return report
+
+
+def random_episode(cfg: GatoConfig, steps: int, seed: int) -> dict[str, np.ndarray]:
+    """Random observations of the model's layout (values in plausible joint ranges)."""
+    rng = np.random.default_rng(seed)
+    spec = cfg.spec
+    obs: dict[str, np.ndarray] = {}
+    if spec.image_shape is not None:
+        obs["image"] = rng.integers(0, 256, (steps, *spec.image_shape), dtype=np.uint8)
+    for k in spec.continuous_keys:
+        obs[k] = rng.normal(scale=0.5, size=(steps, int(spec.continuous[k])))
+    return obs
+
+
+def check_rollout(model: GatoModel, bundle_dir: Path, steps: int, instruction: str = "pick up the red cube",
+                  seed: int = 0) -> dict[str, Any]:
+    """Check 3: runtime (ONNX Runtime, KV ring buffer) vs torch full forward over `steps` timesteps.
+
+    Returns {"max_abs_logit_diff", "steps", "tokens_equal"}; the runtime's greedy tokens are teacher-forced into
+    the torch context, so equal argmaxes at every position mean torch's greedy decoding yields the same tokens."""
+    from gato_ros.runtime import RuntimePolicy
+
+    cfg = model.cfg
+    policy = RuntimePolicy.load(bundle_dir, execution_provider="cpu", threads=1)
+    policy.set_instruction(instruction)
+    tok = GatoTokenizer(cfg.tokenizer)
+    obs = random_episode(cfg, steps, seed)
+    trace: list[np.ndarray] = []
+    policy.trace = trace
+    chosen = np.stack([policy.act_tokens(tok.tokenize_steps({k: v[t:t + 1] for k, v in obs.items()}, None,
+                                                             cfg.spec)) for t in range(steps)])  # (steps, A)
+    policy.trace = None
+    runtime_logits = np.stack(trace).reshape(steps, cfg.spec.action_size, -1)
+    torch_logits = torch_action_logits(model, instruction, obs, chosen)
+    diff = float(np.max(np.abs(runtime_logits - torch_logits)))
+    equal = bool(np.array_equal(np.argmax(torch_logits, -1) + tok.bin_offset, chosen))
+    return {"max_abs_logit_diff": diff, "steps": steps, "tokens_equal": equal}
+
+
+def torch_action_logits(model: GatoModel, instruction: str, obs: dict[str, np.ndarray], action_tokens: np.ndarray,
+                        prompt=None) -> np.ndarray:
+    """Torch reference: logits (steps, A, num_bins) at every action-predicting position of the whole episode,
+    one full-context forward with the sliding-window mask, actions teacher-forced."""
+    cfg = model.cfg
+    ctx = ContextBuilder(cfg)
+    steps = action_tokens.shape[0]
+    st = ctx.tok.tokenize_steps(obs, None, cfg.spec)
+    st.tokens[:, ctx.obs_len:] = action_tokens
+    batch = ctx.build(ctx.text_ids(instruction), st, 0, prompt)
+    with torch.no_grad():
+        logits = model({k: torch.from_numpy(v)[None] for k, v in batch.items()})[0].numpy()
+    base = ctx.P + np.arange(steps)[:, None] * ctx.S + ctx.obs_len - 1 + np.arange(cfg.spec.action_size)
+    return logits[base]  # (steps, A, num_bins)
+
+
+def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = None, rollout_steps: int | None = None,
+                      progress=None) -> dict[str, Any]:
+    """Write and check a bundle at `out` from a loaded checkpoint. Returns gato.json's content."""
+    cfg = GatoConfig.from_dict(ckpt["config"])
+    model = GatoModel(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    normalizer = ActionNormalizer.from_dict(ckpt["normalizer"])
+    out = Path(out)
+    name = name or out.name
+    robot = ckpt.get("robot") or {
+        "joint_names": [f"joint_{i}" for i in range(cfg.spec.action_size)],
+        "joint_limits": [[-np.pi, np.pi]] * cfg.spec.action_size, "control_rate_hz": 20.0}
+    provenance = {
+        "git_commit": ckpt.get("git_commit", "unknown"),
+        "data": ckpt.get("data", []),
+        "episodes": ckpt.get("episodes"),
+        "train_config": ckpt.get("train_config"),
+        "step": ckpt.get("step"),
+        "val_loss": ckpt.get("val_loss"),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    meta = bundle_meta(cfg, normalizer, robot, name, provenance)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        files = {}
+        for g in GRAPHS:
+            if progress:
+                progress(f"export {g}")
+            files[g] = tmp / f"{g}.onnx"
+            export_graph(model, g, files[g])
+            meta["graphs"][g] = {"file": files[g].name, "sha256": sha256(files[g]),
+                                 "inputs": [n for n, _, _ in graph_inputs(cfg, g)],
+                                 "outputs": ["logits", "new_k", "new_v"]}
+        write_meta(tmp, meta)
+        if progress:
+            progress("check graphs")
+        report = check_graphs(model, files)
+        if progress:
+            progress("check cached rollout")
+        steps = rollout_steps or 2 * cfg.window_steps + 2
+        roll = check_rollout(model, tmp, steps)
+        if not roll["max_abs_logit_diff"] <= TOLERANCE:
+            raise ExportCheckError(f"cached multi-step decoding ({steps} steps through a {cfg.window_steps}-step "
+                                   f"ring buffer) differs from torch: max |logit diff| = "
+                                   f"{roll['max_abs_logit_diff']:.3g} > {TOLERANCE}")
+        meta["export_check"] = {"tolerance": TOLERANCE, "random_inputs": report, "rollout": roll}
+        write_meta(tmp, meta)
+        torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "normalizer": normalizer.to_dict(),
+                    "robot": robot, "git_commit": provenance["git_commit"]}, tmp / "model.pt")
+        (tmp / "README.md").write_text(model_card(meta))
+        Bundle.load(tmp)  # what the runtime will see
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    m, p = meta["model"], meta["provenance"]
+    chk = meta.get("export_check", {}).get("rollout", {})
+    return f"""# {meta['name']}
+
+Gato-style decoder-only transformer (preset `{m['name']}`: {m['n_layers']} layers, width {m['d_model']},
+{m['n_heads']} heads, FF {m['d_ff']}) controlling a {len(meta['joint_names'])}-joint arm from a
+{meta['image_size'][0]}x{meta['image_size'][1]} RGB camera, joint positions/velocities and a text instruction.
+
+- Joints: {', '.join(meta['joint_names'])}
+- Control rate: {meta['control_rate_hz']} Hz; context: instruction + {m['window_steps']} timesteps
+  ({meta['context']['context_tokens']} cache slots)
+- Actions: {meta['action']['normalization']['mode']} joint targets, {meta['action']['num_bins']} uniform bins
+- Trained: step {p.get('step')}, validation loss {p.get('val_loss')}, git {p.get('git_commit')}
+- Data: {', '.join(map(str, p.get('data') or [])) or 'in-memory'}
+- Export check: ONNX Runtime vs torch max |logit diff| {chk.get('max_abs_logit_diff')} over {chk.get('steps')} steps
+- Evaluation: see `eval` in `{CONFIG_FILE}`
+
+Run: `gato_ros.runtime.RuntimePolicy.load("<this dir>")`, or `ros2 launch gato_ros arm.launch.py model:=<this dir>`.
+"""

@@ -1,0 +1,234 @@
+"""The Gato-style decoder-only transformer (torch; offline only: training, export, reference).
+
+Reed et al., "A Generalist Agent" (2022): one token stream, tokens embedded by a lookup table, image patches by a
+ResNet-v2 block with learned row/column encodings, learned local positions on observation tokens, pre-LN causal
+transformer blocks, loss on action tokens only. The context scheme (pinned prefix + sliding window of timesteps
+with rotary positions) is documented in `gato_ros.sequence`.
+
+Two entry points share every weight:
+
+- `forward(batch)`: whole contexts (B, T) with the prefix / sliding-window mask; training and the reference.
+- `forward_cached(...)`: batch-1 incremental step over a fixed-size KV cache, the function exported to ONNX.
+  The cache is four buffers per layer, read whole and never concatenated:
+  prefix keys (H, Dh, P) and values (H, P, Dh) -- unrotated; ring keys (H, Dh, R) and values (H, R, Dh) --
+  rotated; keys are stored transposed so scores are a plain (T, Dh) @ (Dh, slots) product. The graph returns
+  only the new tokens' keys/values; the runtime writes them into its preallocated buffers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gato_ros.model.config import GatoConfig
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, rotate-half form. x (..., T, Dh); cos/sin broadcastable to (..., T, Dh/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class PatchEmbedding(nn.Module):
+    """A ResNet-v2 (pre-activation, GroupNorm + GELU) block over each image patch, then a linear map to the model
+    width plus learned row/column interval encodings (Gato Sec. 2.2 and App. C.2)."""
+
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        p, c, s = cfg.tokenizer.patch_size, cfg.patch_channels, cfg.patch_stem_stride
+        self.patch_size = p
+        self.in_ch = cfg.patch_dim // (p * p)
+        self.stem = nn.Conv2d(self.in_ch, c, kernel_size=s, stride=s)  # (N, c, p/s, p/s)
+        self.norm1 = nn.GroupNorm(cfg.patch_groups, c)
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.norm2 = nn.GroupNorm(cfg.patch_groups, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.proj = nn.Linear(c * (p // s) ** 2, cfg.d_model)
+        self.row = nn.Embedding(cfg.pos_bins, cfg.d_model)
+        self.col = nn.Embedding(cfg.pos_bins, cfg.d_model)
+
+    def forward(self, patches: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        # patches (N, p*p*C) in the tokenizer's (y, x, channel) order -> (N, C, p, p)
+        n = patches.shape[0]
+        x = patches.reshape(n, self.patch_size, self.patch_size, self.in_ch).permute(0, 3, 1, 2)
+        x = self.stem(x)  # (N, c, 4, 4)
+        h = self.conv1(F.gelu(self.norm1(x)))
+        h = self.conv2(F.gelu(self.norm2(h)))
+        x = x + h
+        return self.proj(x.flatten(1)) + self.row(row) + self.col(col)  # (N, d)
+
+
+class GatoEmbedding(nn.Module):
+    """Token lookup (text, bins, separator) or patch embedding, plus local and prefix position encodings."""
+
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.token = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # Last row of each position table is the "none" row (actions, episode tokens): kept at zero.
+        self.local = nn.Embedding(cfg.observation_tokens + 1, cfg.d_model, padding_idx=cfg.observation_tokens)
+        self.prefix = nn.Embedding(cfg.prefix_slots + 1, cfg.d_model, padding_idx=cfg.prefix_slots)
+        self.patch = PatchEmbedding(cfg)
+
+    def forward(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos) -> torch.Tensor:
+        """All inputs (..., T) except patches (..., T, p*p*C). Patches are embedded only where `is_image`."""
+        x = self.token(tokens)  # (..., T, d)
+        if bool(is_image.any()):
+            img = self.patch(patches[is_image], row_bin[is_image], col_bin[is_image])  # (n_img, d)
+            x = x.masked_scatter(is_image.unsqueeze(-1), img.to(x.dtype))
+        return x + self.local(local_pos) + self.prefix(prefix_pos)
+
+    def forward_dense(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos) -> torch.Tensor:
+        """Export form of `forward` (T,): embeds every position's patch and selects, so shapes stay static."""
+        img = self.patch(patches, row_bin, col_bin)  # (T, d)
+        x = torch.where(is_image.unsqueeze(-1), img, self.token(tokens))
+        return x + self.local(local_pos) + self.prefix(prefix_pos)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.h, self.dh = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, key_is_prefix, mask):
+        """x (B, T, d); cos/sin (B, T, Dh/2); key_is_prefix (B, T) bool; mask (B, T, T) additive."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
+        q = q * (1.0 / math.sqrt(self.dh))
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, Dh/2)
+        s_rot = rope(q, c, s) @ rope(k, c, s).transpose(-1, -2)  # (B, H, T, T)
+        s_raw = q @ k.transpose(-1, -2)
+        # Prefix keys are position-free: scored with unrotated query and key (see gato_ros.sequence).
+        scores = torch.where(key_is_prefix[:, None, None, :], s_raw, s_rot) + mask.unsqueeze(1)
+        att = self.drop(torch.softmax(scores.float(), dim=-1).to(v.dtype))
+        y = (att @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, d)
+        return self.proj(y)
+
+    def forward_cached(self, x, cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv):
+        """x (T, d); cos/sin (T, Dh/2); masks (T, P) (T, R) (T, T); pk (H, Dh, P), pv (H, P, Dh), rk (H, Dh, R),
+        rv (H, R, Dh). Returns y (T, d), new keys (H, T, Dh) as stored (rotated) and new values (H, T, Dh)."""
+        T = x.shape[0]
+        q, k, v = self.qkv(x).view(T, 3, self.h, self.dh).permute(1, 2, 0, 3)  # each (H, T, Dh)
+        q = q * (1.0 / math.sqrt(self.dh))
+        qr, kr = rope(q, cos, sin), rope(k, cos, sin)
+        s_p = q @ pk + mask_prefix  # (H, T, P): unrotated, position-free prefix
+        s_r = qr @ rk + mask_ring  # (H, T, R)
+        s_n = qr @ kr.transpose(-1, -2) + mask_new  # (H, T, T)
+        P, R = pk.shape[-1], rk.shape[-1]
+        att = torch.softmax(torch.cat((s_p, s_r, s_n), dim=-1), dim=-1)  # (H, T, P+R+T)
+        y = att[..., :P] @ pv + att[..., P:P + R] @ rv + att[..., P + R:] @ v  # (H, T, Dh)
+        return self.proj(y.transpose(0, 1).reshape(T, -1)), kr, v
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (GPT-2 / Gato)."""
+
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model),
+                                 nn.Dropout(cfg.dropout))
+
+    def forward(self, x, cos, sin, key_is_prefix, mask):
+        x = x + self.attn(self.ln1(x), cos, sin, key_is_prefix, mask)
+        return x + self.mlp(self.ln2(x))
+
+    def forward_cached(self, x, cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv):
+        a, k, v = self.attn.forward_cached(self.ln1(x), cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), k, v
+
+
+def context_mask(valid, is_prefix, step, window: int) -> torch.Tensor:
+    """(B, T, T) additive mask: causal; padding keys hidden; episode tokens see the prefix and the last `window`
+    timesteps; prefix tokens see only the prefix. Every position sees itself (padding rows stay finite)."""
+    T = valid.shape[-1]
+    idx = torch.arange(T, device=valid.device)
+    causal = idx[None, :] <= idx[:, None]  # (T, T) key j <= query i
+    q_step, k_step = step.unsqueeze(-1), step.unsqueeze(-2)  # (B, T, 1), (B, 1, T)
+    in_window = (~is_prefix).unsqueeze(-1) & (q_step - k_step < window)
+    allowed = causal & valid.unsqueeze(-2) & (is_prefix.unsqueeze(-2) | in_window)
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
+    zero = torch.zeros((), dtype=torch.float32, device=valid.device)
+    return torch.where(allowed, zero, torch.tensor(float("-inf"), device=valid.device))
+
+
+class GatoModel(nn.Module):
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = GatoEmbedding(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        # Action-only head: logits over the action bins, evaluated only where an action is predicted.
+        self.head = nn.Linear(cfg.d_model, cfg.tokenizer.num_bins)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * layers)
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final hidden states (B, T, d) of whole contexts built by `gato_ros.sequence.ContextBuilder`."""
+        x = self.embed(batch["tokens"], batch["patches"], batch["is_image"], batch["local_pos"], batch["row_bin"],
+                       batch["col_bin"], batch["prefix_pos"])
+        x = self.drop(x)
+        mask = context_mask(batch["valid"], batch["is_prefix"], batch["step"], self.cfg.window_steps)
+        for blk in self.blocks:
+            x = blk(x, batch["rope_cos"], batch["rope_sin"], batch["is_prefix"], mask)
+        return self.ln_f(x)
+
+    def forward(self, batch: dict[str, torch.Tensor], _loss: bool = False):
+        """Action logits (B, T, num_bins) at every position; with `_loss`, `loss(batch)` (so DistributedDataParallel,
+        which synchronises gradients of `forward` only, can train through it)."""
+        if _loss:
+            return self.loss(batch)
+        return self.head(self.hidden(batch))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over action targets, and the number of targets."""
+        h = self.hidden(batch)
+        sel = batch["target"] >= 0
+        logits = self.head(h[sel]).float()  # (n_targets, num_bins)
+        tgt = batch["target"][sel]
+        return F.cross_entropy(logits, tgt), tgt.new_tensor(tgt.numel())
+
+    def forward_cached(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, rope_cos, rope_sin,
+                       mask_prefix, mask_ring, mask_new, *cache):
+        """One incremental call (T new tokens, batch 1). `cache` is, per layer, (pk, pv, rk, rv).
+
+        Returns logits (1, num_bins) of the last new token and the new keys/values, each (L, H, T, Dh)."""
+        x = self.embed.forward_dense(tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos)
+        return self._cached_blocks(x, rope_cos, rope_sin, mask_prefix, mask_ring, mask_new, cache)
+
+    def decode_cached(self, tokens, rope_cos, rope_sin, mask_prefix, mask_ring, mask_new, *cache):
+        """`forward_cached` for one action token (T=1): actions have no patch or position embeddings."""
+        x = self.embed.token(tokens)  # (1, d)
+        return self._cached_blocks(x, rope_cos, rope_sin, mask_prefix, mask_ring, mask_new, cache)
+
+    def _cached_blocks(self, x, cos, sin, mask_prefix, mask_ring, mask_new, cache):
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks):
+            pk, pv, rk, rv = cache[4 * i: 4 * i + 4]
+            x, k, v = blk.forward_cached(x, cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv)
+            keys.append(k)
+            values.append(v)
+        logits = self.head(self.ln_f(x[-1:]))  # (1, num_bins): only the last token predicts an action
+        return logits, torch.stack(keys), torch.stack(values)  # (1, nb), (L, H, T, Dh), (L, H, T, Dh)

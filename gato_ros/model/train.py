@@ -1,0 +1,345 @@
+"""Training loop: AdamW, warm-up + cosine, gradient clipping, bf16 autocast on GPU, validation, resumable
+checkpoints, CSV (+TensorBoard) logs and a loss-curve PNG; runs alone or under `torchrun` with DDP.
+
+Recipe after Gato Sec. 4 / App. A (AdamW, beta2 0.95, weight decay 0.1, linear warm-up then cosine decay to a
+tenth, clip 1.0), with a higher learning rate suited to the small presets.
+
+A checkpoint (`RUN/checkpoint.pt`) holds the model and optimiser state, the step, the model config (with its
+tokenizer config and timestep layout), the action normaliser, the robot facts from the data (joint names and
+limits, control rate), the training recipe, the data paths and the git commit; `export` turns it into a bundle.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gato_ros.model.config import GatoConfig, preset
+from gato_ros.model.data import EpisodeSequences, check_episodes, fit_normalizer, split_episodes
+from gato_ros.model.model import GatoModel
+from gato_ros.sequence import ActionNormalizer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe (written into the checkpoint)."""
+
+    out: str = "runs/gato"  # run directory: checkpoint.pt, log.csv, loss.png, train_config.json
+    data: list[str] = field(default_factory=list)  # episode dataset directories
+    config: str = "gato-small"  # model preset name (ignored with init)
+    init: str | None = None  # checkpoint (.pt / run dir) or bundle dir to start from (fine-tuning)
+    steps: int = 2000  # optimiser steps (total, including resumed ones)
+    batch_size: int = 16  # contexts per step per process
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio (Gato: a tenth)
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    prompt_prob: float = 0.25  # Gato: 25% of sequences carry a prompt
+    val_fraction: float = 0.1
+    val_every: int = 200
+    val_batches: int = 4
+    ckpt_every: int = 500
+    seed: int = 0
+    action_margin: float = 0.1  # action ranges widened by this share of the data's span per side
+    threads: int = 0  # torch intra-op threads (0: all cores / processes)
+    resume: bool = False  # continue RUN/checkpoint.pt if present
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for f in ("steps", "batch_size", "val_every", "val_batches", "ckpt_every"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must be >= 1")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"TrainConfig: need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if not 0 <= self.prompt_prob <= 1:
+            raise ValueError(f"TrainConfig.prompt_prob={self.prompt_prob}: must lie in [0, 1]")
+
+
+def git_commit() -> str:
+    """The commit (with `-dirty` when the tree has changes) of the checkout this code runs from."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty and sha else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then cosine to `lr * min_lr_ratio` at `steps`."""
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    frac = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint from a `.pt` file, a run directory, or a bundle directory (its `model.pt`)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (CHECKPOINT, "model.pt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no {CHECKPOINT} (run directory) or model.pt (bundle) inside")
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    for key in ("model", "config", "normalizer"):
+        if key not in ckpt:
+            raise ValueError(f"{p}: not a gato_ros checkpoint (missing {key!r})")
+    return ckpt
+
+
+def load_episodes(paths: Sequence[str]) -> list[Any]:
+    from gato_ros.dataset import EpisodeDataset
+
+    if not paths:
+        raise ValueError("no training data: pass --data DIR (repeatable)")
+    episodes: list[Any] = []
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"--data {p}: no such directory")
+        episodes.extend(EpisodeDataset(p))
+    return episodes
+
+
+def robot_facts(episodes: Sequence[Any], spec) -> dict[str, Any]:
+    """Joint names, limits and control rate from the episodes' metadata (defaults when absent)."""
+    meta = dict(getattr(episodes[0], "meta", None) or {})
+    n = spec.action_size
+    names = list(meta.get("joint_names") or [f"joint_{i}" for i in range(n)])
+    limits = meta.get("joint_limits")
+    if limits is None:
+        limits = [[-math.pi, math.pi]] * n
+    limits = np.asarray(limits, dtype=np.float64).reshape(n, 2).tolist()
+    return {
+        "joint_names": names,
+        "joint_limits": limits,
+        "control_rate_hz": float(meta.get("control_rate_hz", 20.0)),
+        "image_size": list(spec.image_shape[:2]) if spec.image_shape is not None else None,
+    }
+
+
+class _Logger:
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = out / "log.csv"
+        self.rows: list[dict[str, float]] = []
+        self.tb = None
+        if enabled:
+            if self.path.exists():
+                with open(self.path) as f:
+                    self.rows = [{k: float(v) if v else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # optional
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except Exception:  # tensorboard not installed: CSV + PNG only
+                self.tb = None
+
+    FIELDS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s")
+
+    def log(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: ("" if (isinstance(row.get(k), float) and math.isnan(row[k])) else row.get(k, ""))
+                        for k in self.FIELDS})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and not (isinstance(v, float) and math.isnan(v)):
+                    self.tb.add_scalar(k, v, int(row["step"]))
+
+    def plot(self, out: Path) -> None:
+        if not self.enabled or not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in self.rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(steps, [r["train_loss"] for r in self.rows], label="train", lw=1)
+        val = [(r["step"], r["val_loss"]) for r in self.rows if not math.isnan(r.get("val_loss", float("nan")))]
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("action cross-entropy (nats)")
+        ax.set_title("gato_ros training")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=100)
+        plt.close(fig)
+
+
+def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_overrides: dict | None = None) -> dict:
+    """Train; returns {"step", "train_loss", "val_loss", "checkpoint"}. `episodes` (Episode-like objects)
+    replaces loading `tc.data`; `model_overrides` adjust the preset (tests)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
+        torch.device("cpu")
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // world))
+    is_main = rank == 0
+    seed_everything(tc.seed + rank)
+    out = Path(tc.out)
+
+    if episodes is None:
+        episodes = load_episodes(tc.data)
+    spec = check_episodes(episodes)  # empty / mixed layouts stop here, naming the episode
+
+    resume_path = out / CHECKPOINT
+    resumed = tc.resume and resume_path.is_file()
+    init = load_checkpoint(resume_path) if resumed else (load_checkpoint(tc.init) if tc.init else None)
+    if init is not None:
+        cfg = GatoConfig.from_dict(init["config"])
+        if cfg.spec != spec:
+            raise ValueError(f"{tc.init or resume_path}: model layout {cfg.spec.to_dict()} does not match the data "
+                             f"{spec.to_dict()}")
+        norm = ActionNormalizer.from_dict(init["normalizer"])
+    else:
+        cfg = preset(tc.config, spec=spec, **(model_overrides or {}))
+        norm = None
+
+    train_idx, val_idx = split_episodes(len(episodes), tc.val_fraction, tc.seed)
+    train_eps = [episodes[i] for i in train_idx]
+    val_eps = [episodes[i] for i in val_idx] or train_eps
+    if norm is None:
+        norm = fit_normalizer(train_eps, cfg.action_mode, tc.action_margin)
+    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob)
+    val_data = EpisodeSequences(val_eps, cfg, norm, tc.prompt_prob)
+    val_batches = [_to_torch(b, device) for b in val_data.fixed_batches(tc.seed + 12345, tc.val_batches,
+                                                                         tc.batch_size)]
+
+    model = GatoModel(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init["model"])
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
+    step = 0
+    if resumed:
+        opt.load_state_dict(init["optimizer"])
+        step = int(init["step"])
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    rng = np.random.default_rng([tc.seed, rank, step])  # resumed runs draw fresh (but reproducible) batches
+
+    facts = robot_facts(episodes, spec)
+    meta = {
+        "config": cfg.to_dict(),
+        "normalizer": norm.to_dict(),
+        "robot": facts,
+        "train_config": dataclasses.asdict(tc),
+        "git_commit": git_commit(),
+        "data": [str(Path(p).resolve()) for p in tc.data],
+        "episodes": {"train": len(train_eps), "val": len(val_idx)},
+        "world_size": world,
+    }
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
+    logger = _Logger(out, is_main)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+
+    def evaluate() -> float:
+        model.eval()
+        tot, n = 0.0, 0
+        with torch.no_grad(), autocast:
+            for b in val_batches:
+                loss, k = model.loss(b)
+                tot += float(loss) * int(k)
+                n += int(k)
+        model.train()
+        return tot / max(n, 1)
+
+    def save(path: Path, val_loss: float) -> None:
+        ckpt = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), step=step, val_loss=val_loss)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=tc.steps, initial=step, disable=not (is_main and tc.progress), desc="train",
+               dynamic_ncols=True)
+    model.train()
+    t_start = time.perf_counter()
+    val_loss, train_loss = float("nan"), float("nan")
+    ema = None
+    while step < tc.steps:
+        t0 = time.perf_counter()
+        lr = lr_at(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = _to_torch(data.batch(rng, tc.batch_size), device)
+        with autocast:
+            loss, _ = ddp_model(batch, _loss=True)  # through forward: DDP syncs gradients of forward only
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        train_loss = loss.item()
+        ema = train_loss if ema is None else 0.9 * ema + 0.1 * train_loss
+        tok_s = float(batch["valid"].sum()) * world / (time.perf_counter() - t0)
+        row = {"step": step, "lr": lr, "train_loss": train_loss, "val_loss": float("nan"), "tokens_per_s": tok_s,
+               "elapsed_s": time.perf_counter() - t_start}
+        if step % tc.val_every == 0 or step == tc.steps:
+            val_loss = evaluate()
+            row["val_loss"] = val_loss
+        logger.log(row)
+        bar.set_postfix(loss=f"{ema:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+        bar.update(1)
+        if is_main and (step % tc.ckpt_every == 0 or step == tc.steps):
+            save(out / CHECKPOINT, val_loss)
+            logger.plot(out)
+    bar.close()
+    if distributed:
+        dist.barrier()
+    return {"step": step, "train_loss": train_loss, "val_loss": val_loss, "checkpoint": str(out / CHECKPOINT)}
+

@@ -1,0 +1,176 @@
+"""Export (torch -> ONNX bundle, checked) and the torch-free runtime policy over real ONNX Runtime."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from gato_ros.bundle import Bundle, BundleError
+from gato_ros.model.config import preset
+from gato_ros.model.export import export_checkpoint, random_episode, torch_action_logits
+from gato_ros.model.model import GatoModel
+from gato_ros.runtime import RuntimePolicy
+from gato_ros.sequence import ActionNormalizer
+from gato_ros.tokenizer import GatoTokenizer
+
+
+def _checkpoint(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = preset("gato-tiny")
+    model = GatoModel(cfg)
+    with torch.no_grad():  # spread the logits so greedy choices are far from ties (float noise ~1e-6)
+        model.head.weight.mul_(40.0)
+    norm = ActionNormalizer("delta", -0.05 * np.ones(7), 0.05 * np.ones(7))
+    robot = {"joint_names": [f"j{i}" for i in range(7)], "joint_limits": [[-3.0, 3.0]] * 6 + [[0.0, 0.04]],
+             "control_rate_hz": 20.0}
+    return {"model": model.state_dict(), "config": cfg.to_dict(), "normalizer": norm.to_dict(), "robot": robot,
+            "git_commit": "test"}, model
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    ckpt, model = _checkpoint()
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    meta = export_checkpoint(ckpt, out)
+    return out, model.eval(), meta
+
+
+def test_import_runtime_leaves_torch_out():
+    code = "import sys, gato_ros.runtime, gato_ros.bundle; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bundle_contents_and_export_check(bundle):
+    out, _, meta = bundle
+    for f in ("gato.json", "prefill.onnx", "decode.onnx", "model.pt", "README.md"):
+        assert (out / f).is_file(), f
+    data = json.loads((out / "gato.json").read_text())
+    for key in ("tokenizer", "image_size", "observation_layout", "joint_names", "joint_limits", "action", "context",
+                "text_tokenizer", "provenance", "eval"):
+        assert key in data
+    assert data["provenance"]["git_commit"] == "test"
+    chk = data["export_check"]
+    assert chk["rollout"]["max_abs_logit_diff"] <= 1e-4 and chk["rollout"]["tokens_equal"]
+    assert max(chk["random_inputs"].values()) <= 1e-4
+
+
+def test_runtime_equals_torch_over_60_steps_overflowing_the_window(bundle):
+    """Greedy action tokens of the ONNX runtime (ring-buffer KV cache) are the torch model's, over 60 steps
+    through a 3-step window. Torch sees the runtime's tokens teacher-forced in one full-context forward: equal
+    argmaxes at every action position is exactly torch's own greedy decoding."""
+    out, model, _ = bundle
+    cfg = model.cfg
+    policy = RuntimePolicy.load(out, execution_provider="cpu")
+    assert policy.provider == "CPUExecutionProvider"
+    policy.set_instruction("put the red cube in the bin")
+    tok = GatoTokenizer(cfg.tokenizer)
+    obs = random_episode(cfg, 60, seed=3)
+    policy.trace = []
+    chosen = np.stack([policy.act_tokens(tok.tokenize_steps({k: v[t:t + 1] for k, v in obs.items()}, None, cfg.spec))
+                       for t in range(60)])
+    want = torch_action_logits(model, "put the red cube in the bin", obs, chosen)  # (60, 7, nb)
+    np.testing.assert_array_equal(np.argmax(want, -1) + tok.bin_offset, chosen)
+    got = np.stack(policy.trace).reshape(want.shape)
+    assert np.max(np.abs(got - want)) <= 1e-4
+    assert len(np.unique(chosen)) > 10  # not a degenerate constant policy
+
+
+def test_act_is_deterministic_after_reset_and_within_limits(bundle):
+    out, _, _ = bundle
+    policy = RuntimePolicy.load(out, execution_provider="cpu")
+    obs = random_episode(policy.cfg, 8, seed=1)
+    run = lambda: np.stack([policy.act({k: v[t] for k, v in obs.items()}) for t in range(8)])  # noqa: E731
+    policy.set_instruction("reach")
+    a = run()
+    policy.reset()
+    np.testing.assert_array_equal(run(), a)
+    assert a.shape == (8, 7) and a.dtype == np.float64
+    assert np.all(a >= policy.joint_limits[:, 0]) and np.all(a <= policy.joint_limits[:, 1])
+    # delta mode: targets are near the current joint positions (normaliser range +-0.05)
+    assert np.all(np.abs(a[:, :6] - obs["joint_pos"][:, :6]) <= 0.05 + 1e-9)
+    policy.set_instruction("a different instruction")
+    assert not np.array_equal(run(), a)
+
+
+def test_temperature_sampling_is_seeded(bundle):
+    out, _, _ = bundle
+    obs = random_episode(preset("gato-tiny"), 4, seed=2)
+    runs = []
+    for _ in range(2):
+        p = RuntimePolicy.load(out, execution_provider="cpu", temperature=1.0, seed=7)
+        runs.append(np.stack([p.act({k: v[t] for k, v in obs.items()}) for t in range(4)]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    with pytest.raises(ValueError, match="temperature"):
+        RuntimePolicy.load(out, temperature=-1)
+
+
+def test_prompt_prefix_matches_torch(bundle):
+    """Gato prompting: a demonstration's last timesteps pinned after the instruction, runtime == torch."""
+    out, model, _ = bundle
+    cfg = model.cfg
+    tok = GatoTokenizer(cfg.tokenizer)
+    demo_obs = random_episode(cfg, 5, seed=9)
+    demo_act = demo_obs["joint_pos"] + 0.01
+    policy = RuntimePolicy.load(out, execution_provider="cpu",
+                                prompt={"observations": demo_obs, "actions": demo_act})
+    policy.set_instruction("stack")
+    obs = random_episode(cfg, 7, seed=4)
+    policy.trace = []
+    chosen = np.stack([policy.act_tokens(tok.tokenize_steps({k: v[t:t + 1] for k, v in obs.items()}, None, cfg.spec))
+                       for t in range(7)])
+    k = cfg.prompt_steps
+    pobs = {key: v[-k:] for key, v in demo_obs.items()}
+    prompt = tok.tokenize_steps(pobs, policy.normalizer.normalize(demo_act[-k:], pobs["joint_pos"]), cfg.spec)
+    want = torch_action_logits(model, "stack", obs, chosen, prompt=prompt)
+    np.testing.assert_array_equal(np.argmax(want, -1) + tok.bin_offset, chosen)
+    assert np.max(np.abs(np.stack(policy.trace).reshape(want.shape) - want)) <= 1e-4
+
+
+def test_bad_observation_is_named(bundle):
+    out, _, _ = bundle
+    policy = RuntimePolicy.load(out, execution_provider="cpu")
+    obs = {k: v[0] for k, v in random_episode(policy.cfg, 1, 0).items()}
+    with pytest.raises(ValueError, match="image.*resize"):
+        policy.act(dict(obs, image=np.zeros((32, 32, 3), np.uint8)))
+    with pytest.raises(ValueError, match="joint_vel"):
+        policy.act({k: v for k, v in obs.items() if k != "joint_vel"})
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_graph_fails_at_load_naming_file(bundle, tmp_path):
+    b = _copy(bundle[0], tmp_path)
+    (b / "decode.onnx").unlink()
+    with pytest.raises(BundleError, match="decode.onnx.*missing"):
+        RuntimePolicy.load(b)
+
+
+def test_corrupt_graph_fails_at_load_naming_file(bundle, tmp_path):
+    b = _copy(bundle[0], tmp_path)
+    (b / "prefill.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(BundleError, match="prefill.onnx.*corrupt"):
+        RuntimePolicy.load(b)
+    meta = json.loads((b / "gato.json").read_text())  # without the recorded hash: ORT's own error, same file
+    del meta["graphs"]["prefill"]["sha256"]
+    (b / "gato.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="prefill.onnx.*cannot be loaded"):
+        RuntimePolicy.load(b)
+
+
+def test_config_graph_mismatch_fails_at_load(bundle, tmp_path):
+    b = _copy(bundle[0], tmp_path)
+    meta = json.loads((b / "gato.json").read_text())
+    meta["model"]["window_steps"] = 5
+    (b / "gato.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"prefill.onnx: input 'mask_ring'"):
+        RuntimePolicy.load(b)
+    (b / "gato.json").write_text("{not json")
+    with pytest.raises(BundleError, match="gato.json: not valid JSON"):
+        Bundle.load(b)

@@ -1,0 +1,154 @@
+"""Model, config and context-layout unit tests (torch, no ONNX): fast tier."""
+import numpy as np
+import pytest
+import torch
+
+from gato_ros.model.config import GatoConfig, preset
+from gato_ros.model.data import EpisodeSequences, check_episodes, fit_normalizer, synthetic_episodes
+from gato_ros.model.model import GatoModel
+from gato_ros.sequence import ActionNormalizer, ContextBuilder, patch_position_bins, rope_tables
+
+
+def test_presets_sizes():
+    c79 = preset("gato-79m")
+    n = c79.num_parameters()
+    assert 75e6 < n["embedding"] + n["blocks"] < 85e6  # Gato Table 1: 79M
+    small = preset("gato-small")
+    assert small.step_tokens == 38 and small.observation_tokens == 31
+    assert small.ring_slots == small.window_steps * 38
+
+
+@pytest.mark.parametrize("field,value", [("d_model", 250), ("window_steps", 1), ("action_mode", "mu"),
+                                         ("n_layers", 0)])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        preset("gato-small", **{field: value})
+
+
+def test_config_round_trip():
+    cfg = preset("gato-tiny")
+    assert GatoConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown fields"):
+        GatoConfig.from_dict(dict(cfg.to_dict(), bogus=1))
+
+
+@pytest.mark.parametrize("mode", ["delta", "absolute"])
+def test_action_normalizer_round_trip(mode):
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(50, 7))
+    a = q + rng.normal(scale=0.05, size=(50, 7))
+    norm = ActionNormalizer.fit([a], [q], mode)
+    x = norm.normalize(a, q)
+    assert x.min() >= -1 and x.max() <= 1
+    np.testing.assert_allclose(norm.denormalize(x, q), a, atol=1e-12)
+    assert ActionNormalizer.from_dict(norm.to_dict()).to_dict() == norm.to_dict()
+
+
+def test_rope_tables_exact_at_large_positions():
+    cos, sin = rope_tables(np.array([0, 10**6]), 32, 10000.0)
+    assert cos.dtype == np.float32 and cos.shape == (2, 16)
+    np.testing.assert_allclose(cos[1, 0], np.cos(10**6), atol=1e-7)
+
+
+def test_patch_bins_inference_is_interval_mean_and_training_stays_inside():
+    r, c = patch_position_bins(np.arange(4), np.arange(4), (4, 4), 128)
+    assert r.tolist() == [15, 47, 79, 111]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rr, _ = patch_position_bins(np.arange(4), np.arange(4), (4, 4), 128, rng)
+        assert np.all(rr // 32 == np.arange(4))
+
+
+def test_mixed_layouts_and_empty_data_named():
+    eps = synthetic_episodes(3, 5)
+    eps[2].observations["image"] = eps[2].observations["image"][:, :32, :32]
+    with pytest.raises(ValueError, match="episode 2"):
+        check_episodes(eps)
+    with pytest.raises(ValueError, match="empty"):
+        check_episodes([])
+
+
+def _tiny():
+    torch.manual_seed(0)
+    cfg = preset("gato-tiny")
+    return cfg, GatoModel(cfg).eval()
+
+
+def test_cached_forward_equals_full_forward():
+    """Incremental calls over the prefix + ring cache (the exported function) reproduce the full-context
+    forward with the sliding-window mask, here over an episode that wraps the ring twice."""
+    cfg, model = _tiny()
+    eps = synthetic_episodes(1, 2 * cfg.window_steps + 2)
+    norm = fit_normalizer(eps, cfg.action_mode)
+    data = EpisodeSequences(eps, cfg, norm)
+    T = len(eps[0].actions)
+    steps = data.tokens(0, 0, T)
+    ctx = data.builder
+    full = ctx.build(ctx.text_ids(eps[0].instruction), steps, 0)
+    with torch.no_grad():
+        want = model({k: torch.from_numpy(v)[None] for k, v in full.items()})[0]  # (L, nb)
+    H, Dh, P, R, L = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots, cfg.n_layers
+    cache = [torch.zeros(s) for _ in range(L) for s in ((H, Dh, P), (H, P, Dh), (H, Dh, R), (H, R, Dh))]
+    prefix_ok = torch.full((P,), float("-inf"))
+    ring_step = torch.full((R,), -1)
+    names = ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos", "rope_cos", "rope_sin")
+    n = int(full["is_prefix"].sum())
+    # Prefix call, then one call per token of the episode (decode-like, the strictest case).
+    order = [np.arange(n)] + [np.array([i]) for i in range(P, len(full["tokens"]))]
+    for idx in order:
+        feeds = [torch.from_numpy(full[k][idx]) for k in names]
+        T_new = len(idx)
+        is_prefix = bool(full["is_prefix"][idx[0]])
+        st = torch.from_numpy(full["step"][idx])
+        m_ring = torch.where((ring_step[None] >= 0) & (st[:, None] - ring_step[None] < cfg.window_steps), 0.0,
+                             float("-inf"))
+        if is_prefix:
+            m_ring = torch.full((T_new, R), float("-inf"))
+        m_new = torch.triu(torch.full((T_new, T_new), float("-inf")), 1)
+        with torch.no_grad():
+            logits, k, v = model.forward_cached(*feeds, prefix_ok.expand(T_new, P), m_ring, m_new, *cache)
+        if is_prefix:
+            for layer in range(L):
+                cache[4 * layer][:, :, :T_new] = k[layer].transpose(1, 2)
+                cache[4 * layer + 1][:, :T_new] = v[layer]
+            prefix_ok[:T_new] = 0
+            continue
+        pos = idx[0] - P
+        slot = (int(st[0]) % cfg.window_steps) * ctx.S + pos % ctx.S
+        for layer in range(L):
+            cache[4 * layer + 2][:, :, slot] = k[layer][:, 0]
+            cache[4 * layer + 3][:, slot] = v[layer][:, 0]
+        ring_step[slot] = st[0]
+        torch.testing.assert_close(logits[0], want[idx[0]], atol=2e-5, rtol=0)
+
+
+def test_sliding_window_hides_old_steps():
+    """A token's first-layer attention never reaches a timestep outside the window: changing the image of step
+    0 must not change the logits of step window+... at layer 1 reach (1-layer model)."""
+    cfg = preset("gato-tiny", n_layers=1)
+    torch.manual_seed(0)
+    model = GatoModel(cfg).eval()
+    eps = synthetic_episodes(1, cfg.window_steps + 2)
+    norm = fit_normalizer(eps, cfg.action_mode)
+    data = EpisodeSequences(eps, cfg, norm)
+    ctx = data.builder
+    steps = data.tokens(0, 0, cfg.window_steps + 2)
+    a = ctx.build(ctx.text_ids("x"), steps, 0)
+    steps.patches[0] += 1.0
+    b = ctx.build(ctx.text_ids("x"), steps, 0)
+    with torch.no_grad():
+        la = model({k: torch.from_numpy(v)[None] for k, v in a.items()})[0]
+        lb = model({k: torch.from_numpy(v)[None] for k, v in b.items()})[0]
+    last = slice(ctx.P + (cfg.window_steps) * ctx.S, None)  # step `window` cannot see step 0
+    torch.testing.assert_close(la[last], lb[last])
+    assert not torch.allclose(la[ctx.P: ctx.P + ctx.S], lb[ctx.P: ctx.P + ctx.S])
+
+
+def test_loss_only_on_action_targets():
+    cfg, model = _tiny()
+    eps = synthetic_episodes(2, 8)
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode))
+    b = data.batch(np.random.default_rng(0), 2)
+    assert (b["target"] >= 0).sum() == 2 * cfg.window_steps * cfg.spec.action_size
+    loss, n = model.loss({k: torch.from_numpy(v) for k, v in b.items()})
+    assert int(n) == 2 * cfg.window_steps * 7 and 5.0 < float(loss) < 9.0  # ~ln(1024) at init
