@@ -66,8 +66,9 @@ class BagWriter:
         storage: str = "mcap",
         chunk_interval_s: float = 1.0,
         custom_data: dict[str, str] | None = None,
+        compression: str = "none",
     ):
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
         if storage not in plugins:
@@ -81,6 +82,12 @@ class BagWriter:
         self.chunk_interval_s = float(chunk_interval_s)
         self._typestore = typestore()
         self._writer = Writer(self.path, version=9, storage_plugin=plugins[storage])
+        if compression == "zstd":  # per-chunk zstd in MCAP (what `ros2 bag record --compression-mode storage` does)
+            if storage != "mcap":
+                raise ValueError("compression='zstd' needs storage='mcap'")
+            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        elif compression != "none":
+            raise ValueError(f"compression={compression!r}: expected 'none' or 'zstd'")
         for key, value in (custom_data or {}).items():
             self._writer.set_custom_data(str(key), str(value))
         self._writer.open()

@@ -49,7 +49,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     return int(args._run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
