@@ -91,24 +91,48 @@ def decode_image(msg: Any) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float32 weights: area averaging when shrinking, bilinear (centre-aligned) when enlarging."""
-    w = np.zeros((n_out, n_in), dtype=np.float64)
+def _resize_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse resampling weights along one axis: (idx, w), both (n_out, K); out[j] = sum_k w[j, k] * in[idx[j, k]].
+
+    Area averaging when shrinking (each output pixel averages the input pixels it covers, fractional overlaps
+    weighted, as OpenCV's INTER_AREA), centre-aligned bilinear when enlarging. K is small (scale + 2 at most),
+    so resampling is a handful of vectorised gathers: no BLAS call, whose thread pool stalls on a busy machine.
+    """
+    dense = np.zeros((n_out, n_in), dtype=np.float64)
     scale = n_in / n_out
     if n_out <= n_in:
         for j in range(n_out):
             start, stop = j * scale, (j + 1) * scale
             for i in range(int(np.floor(start)), min(int(np.ceil(stop)), n_in)):
-                w[j, i] = min(stop, i + 1) - max(start, i)
-        w /= w.sum(axis=1, keepdims=True)
+                dense[j, i] = min(stop, i + 1) - max(start, i)
+        dense /= dense.sum(axis=1, keepdims=True)
     else:
         x = np.clip((np.arange(n_out) + 0.5) * scale - 0.5, 0, n_in - 1)
         i0 = np.floor(x).astype(int)
         i1 = np.minimum(i0 + 1, n_in - 1)
         frac = x - i0
-        w[np.arange(n_out), i0] += 1 - frac
-        w[np.arange(n_out), i1] += frac
-    return w.astype(np.float32)
+        dense[np.arange(n_out), i0] += 1 - frac
+        dense[np.arange(n_out), i1] += frac
+    nz = [np.flatnonzero(row) for row in dense]
+    k = max(len(c) for c in nz)
+    idx = np.zeros((n_out, k), dtype=np.intp)
+    w = np.zeros((n_out, k), dtype=np.float32)
+    for j, cols in enumerate(nz):
+        idx[j, : len(cols)] = cols
+        idx[j, len(cols):] = cols[-1]
+        w[j, : len(cols)] = dense[j, cols]
+    return idx, w
+
+
+def _resample_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """float32 result of resampling `image` (H, W, C) to n_out along axis 0 or 1."""
+    idx, w = _resize_taps(image.shape[axis], n_out)
+    out = None
+    for k in range(idx.shape[1]):
+        taken = np.take(image, idx[:, k], axis=axis).astype(np.float32)
+        weight = w[:, k, None, None] if axis == 0 else w[None, :, k, None]
+        out = taken * weight if out is None else out + taken * weight
+    return out
 
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -123,12 +147,9 @@ def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
         interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
         return cv2.resize(image, (width, height), interpolation=interp)
-    c = image.shape[2]
-    wy = _resize_weights(h, height)  # (height, H)
-    wx = _resize_weights(w, width)  # (width, W)
-    rows = wy @ image.reshape(h, w * c).astype(np.float32)  # (height, W*C): one BLAS call on the raw rows
-    out = np.tensordot(rows.reshape(height, w, c), wx, axes=(1, 1))  # (height, C, width)
-    return np.clip(np.rint(out.transpose(0, 2, 1)), 0, 255).astype(np.uint8)
+    rows = _resample_axis(image, height, axis=0) if height != h else image  # (height, W, C)
+    out = _resample_axis(rows, width, axis=1) if width != w else rows  # (height, width, C)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def image_to_model_input(msg: Any, height: int, width: int) -> np.ndarray:

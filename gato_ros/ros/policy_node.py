@@ -71,6 +71,8 @@ class PolicyNodeConfig:
     """Empty: /position_controller/commands or /arm_controller/joint_trajectory, per command_interface."""
     execution_provider: str = "auto"
     """ONNX Runtime provider: auto|tensorrt|cuda|cpu (auto picks the fastest one that really starts)."""
+    inference_threads: int = 0
+    """ONNX Runtime intra-op threads on the CPU provider (0: the runtime's default, min(cores, 4))."""
     sensor_timeout_s: float = 0.25
     """Hold when the latest image or joint state arrived longer ago than this."""
     max_joint_step_rad: float = 0.1
@@ -96,6 +98,8 @@ class PolicyNodeConfig:
             )
         if self.execution_provider not in PROVIDERS:
             raise StartupError(f"execution_provider {self.execution_provider!r} is not one of {', '.join(PROVIDERS)}")
+        if self.inference_threads < 0:
+            raise StartupError(f"inference_threads must be >= 0 (0: the runtime's default), got {self.inference_threads}")
         for name in ("sensor_timeout_s", "max_joint_step_rad", "max_gripper_step_m", "max_tracking_error_rad",
                      "diagnostics_period_s"):
             if not getattr(self, name) > 0:
@@ -110,7 +114,7 @@ class PolicyNodeConfig:
         return Path(self.model_path).expanduser() if self.model_path else share_path(DEFAULT_MODEL)
 
 
-def load_policy(path: Path, execution_provider: str) -> Any:
+def load_policy(path: Path, execution_provider: str, threads: int = 0) -> Any:
     """The runtime ONNX policy for a bundle, or StartupError with one clear sentence on what to do."""
     if not path.is_dir():
         raise StartupError(
@@ -122,7 +126,7 @@ def load_policy(path: Path, execution_provider: str) -> Any:
     from gato_ros.runtime import RuntimePolicy
 
     try:
-        return RuntimePolicy.load(str(path), execution_provider=execution_provider)
+        return RuntimePolicy.load(str(path), execution_provider=execution_provider, threads=threads or None)
     except Exception as exc:  # incompatible or corrupt bundle: one message, no traceback
         raise StartupError(f"cannot load model bundle {str(path)!r}: {exc}") from exc
 
@@ -140,7 +144,9 @@ class PolicyNode(Node):
         self.config = declare_config(self, PolicyNodeConfig)
         cfg = self.config
         self.model_path = str(cfg.resolved_model_path)
-        self.policy = policy if policy is not None else load_policy(cfg.resolved_model_path, cfg.execution_provider)
+        if policy is None:
+            policy = load_policy(cfg.resolved_model_path, cfg.execution_provider, cfg.inference_threads)
+        self.policy = policy
         self._setup_model_interface()
 
         self._lock = threading.Lock()

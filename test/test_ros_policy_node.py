@@ -1,0 +1,245 @@
+"""The policy node over real DDS on loopback, with the real RuntimePolicy on a real (untrained, tiny) bundle.
+
+The node runs in this process on its own MultiThreadedExecutor thread, exactly as `gato_policy_node` runs it; a
+harness node plays camera and joint-state streams and records what comes out. Every test bounds its waits.
+"""
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
+import rclpy  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from ros_support import HOME, JOINTS, Harness, assert_safe_sequence, rgb_image, tiny_bundle  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
+RATE = 20.0
+PERIOD = 1.0 / RATE
+STEP = np.array([0.1] * 6 + [0.01])
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory)
+
+
+@pytest.fixture
+def ros_context():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+class Running:
+    """A policy node + harness spinning on one MultiThreadedExecutor in a background thread."""
+
+    def __init__(self, context, bundle, **params):
+        from gato_ros.ros.policy_node import PolicyNode
+
+        overrides = {"model_path": str(bundle), "control_rate_hz": RATE, "execution_provider": "cpu",
+                     "inference_threads": 1, **params}
+        self.node = PolicyNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        self.harness = Harness(context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.harness.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.harness.stop()
+        self.executor.shutdown()
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+        self.harness.node.destroy_node()
+
+
+@pytest.fixture
+def running(ros_context, bundle):
+    made = []
+
+    def make(**params):
+        r = Running(ros_context, bundle, **params)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_commands_at_rate_with_bgr8_640x480_and_shuffled_extra_joints(running):
+    r = running(enable_on_start=True, instruction="reach the red ball")
+    h = r.harness
+    h.image_msg = rgb_image(480, 640, "bgr8")
+    h.joint_names = list(reversed(JOINTS))  # shuffled order...
+    h.joint_extra = {"gripper_right_joint": 0.02, "conveyor_joint": 3.0}  # ...and joints the model does not use
+    h.start_streams(camera_hz=30.0, joints_hz=50.0)
+    assert h.wait_for(lambda: len(h.commands) >= 5, timeout=20), f"no commands; diagnostics {h.last_diagnostics()}"
+    t0 = time.monotonic()
+    time.sleep(2.0)
+    window = h.commands_since(t0)
+    # 40 ticks expected in 2 s at 20 Hz: never faster than the rate, and most ticks make it on a loaded 2-core box
+    assert 20 <= len(window) <= 42, f"{len(window)} commands in 2 s at {RATE} Hz"
+    intervals = np.diff([t for t, _ in window])
+    assert 0.5 * PERIOD < np.median(intervals) < 1.5 * PERIOD
+    cmds = [c for _, c in h.commands]
+    assert all(c.shape == (7,) for c in cmds)
+    # the first command is within one step of the measured (home) position, matched by name despite the shuffle
+    assert np.all(np.abs(cmds[0] - HOME) <= STEP + 1e-9)
+    assert_safe_sequence(cmds, STEP)
+    assert h.wait_for(lambda: h.last_diagnostics().get("state") == "running", timeout=5)
+    d = h.last_diagnostics()
+    assert d["provider"] == "CPUExecutionProvider" and float(d["tick_ms_p50"]) > 0
+    assert float(d["achieved_rate_hz"]) > 0.5 * RATE
+
+
+def test_camera_stop_holds_within_two_periods_then_resumes(running):
+    timeout = 2 * PERIOD  # stale after two control periods
+    r = running(enable_on_start=True, instruction="reach the red ball", sensor_timeout_s=timeout)
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.start_streams()
+    assert h.wait_for(lambda: len(h.commands) >= 10, timeout=20)
+    h.image_msg = None  # camera stops
+    stopped = time.monotonic()
+    time.sleep(1.0)
+    after = [t for t, _ in h.commands_since(h.last_image_time)]
+    # ticks after the last image that may still command: those within the timeout, plus one in flight
+    assert len(after) <= int(timeout / PERIOD) + 1, f"{len(after)} commands after the camera stopped"
+    quiet = h.commands_since(stopped + 0.5)
+    assert quiet == [], "the node kept commanding with a stale image"
+    assert h.wait_for(lambda: "image on /camera/image_raw is" in h.last_diagnostics().get("hold_reason", ""), 3)
+    assert h.last_diagnostics()["_level"] == 1  # WARN
+    h.image_msg = rgb_image(64, 64, seed=1)  # camera back
+    resumed = time.monotonic()
+    assert h.wait_for(lambda: len(h.commands_since(resumed)) >= 5, timeout=10), "did not resume"
+    assert_safe_sequence([c for _, c in h.commands], STEP)
+
+
+def test_enable_false_stops_motion_and_estop_latches(running):
+    r = running(instruction="reach the red ball")  # enable_on_start defaults to false
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.start_streams()
+    time.sleep(1.0)
+    assert h.commands == [], "a node that starts disabled must not command"
+    assert h.wait_for(lambda: h.last_diagnostics().get("state") == "disabled", timeout=5)
+    assert h.enable(True).success
+    assert h.wait_for(lambda: len(h.commands) >= 5, timeout=10)
+    res = h.enable(False)
+    assert res.success
+    off = time.monotonic()
+    time.sleep(0.6)
+    assert h.commands_since(off) == [], "commands after ~/enable false returned"
+    # e-stop: latches through a re-enable until explicitly reset
+    assert h.enable(True).success
+    assert h.wait_for(lambda: len(h.commands_since(time.monotonic() - 0.2)) >= 2, timeout=10)
+    h.trigger(h.estop_client)
+    stopped = time.monotonic()
+    refused = h.enable(True)
+    assert not refused.success and "e-stop" in refused.message
+    time.sleep(0.5)
+    assert h.commands_since(stopped) == []
+    assert h.wait_for(lambda: h.last_diagnostics().get("state") == "estop", timeout=5)
+    assert h.last_diagnostics()["_level"] == 2  # ERROR
+    h.trigger(h.reset_estop_client)
+    time.sleep(0.3)
+    assert h.commands_since(stopped) == [], "resetting the e-stop alone must not restart motion"
+    assert h.enable(True).success
+    assert h.wait_for(lambda: len(h.commands_since(stopped)) >= 3, timeout=10)
+    # the hardware-button topic latches too
+    from std_msgs.msg import Bool
+
+    h.estop_pub.publish(Bool(data=True))
+    assert h.wait_for(lambda: h.last_diagnostics().get("estop") == "true", timeout=5)
+    assert_safe_sequence([c for _, c in h.commands if c is not None][-3:], STEP)
+
+
+def test_joint_trajectory_interface(running):
+    r = running(enable_on_start=True, instruction="reach the red ball", command_interface="joint_trajectory")
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.start_streams()
+    assert h.wait_for(lambda: len(h.trajectories) >= 5, timeout=20)
+    assert h.commands == []  # nothing on the position_array topic
+    _, msg = h.trajectories[-1]
+    assert list(msg.joint_names) == JOINTS
+    assert len(msg.points) == 1 and len(msg.points[0].positions) == 7
+    tfs = msg.points[0].time_from_start
+    assert tfs.sec + tfs.nanosec * 1e-9 == pytest.approx(PERIOD)
+    assert_safe_sequence([np.array(m.points[0].positions) for _, m in h.trajectories], STEP)
+
+
+def test_bad_input_holds_reports_and_keeps_running(running):
+    r = running(enable_on_start=True, instruction="reach the red ball")
+    h = r.harness
+    bad = rgb_image(64, 64)
+    bad.encoding = "yuv422"
+    h.image_msg = bad
+    h.start_streams()
+    assert h.wait_for(lambda: "unsupported image encoding 'yuv422'" in h.last_diagnostics().get("last_error", ""), 10)
+    assert h.commands == []
+    h.image_msg = rgb_image(64, 64)
+    assert h.wait_for(lambda: len(h.commands) >= 3, timeout=10), "did not recover from a bad image"
+    h.joint_names = JOINTS[:-1]  # the gripper disappears from /joint_states
+    assert h.wait_for(lambda: "missing ['gripper_joint']" in h.last_diagnostics().get("hold_reason", ""), 10)
+    n = len(h.commands)
+    time.sleep(0.4)
+    assert len(h.commands) <= n + 1
+    h.joint_names = list(JOINTS)
+    h.joint_pos = HOME.copy()
+    h.joint_pos[2] = np.nan
+    assert h.wait_for(lambda: "non-finite" in h.last_diagnostics().get("hold_reason", ""), 10)
+    h.joint_pos = HOME.copy()
+    resumed = time.monotonic()
+    assert h.wait_for(lambda: len(h.commands_since(resumed)) >= 3, timeout=10)
+    assert_safe_sequence([c for _, c in h.commands_since(resumed)], STEP)
+
+
+def test_instruction_topic_change_resets_the_context(running):
+    r = running(enable_on_start=True)
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.start_streams()
+    time.sleep(0.5)
+    assert h.commands == []  # no instruction yet
+    assert "no instruction" in h.last_diagnostics().get("hold_reason", "") or not h.diagnostics
+    from std_msgs.msg import String
+
+    h.instruction_pub.publish(String(data="reach the blue cube"))
+    assert h.wait_for(lambda: len(h.commands) >= 3, timeout=10)
+    assert h.wait_for(lambda: h.last_diagnostics().get("instruction") == "reach the blue cube", timeout=5)
+    # a new instruction starts a new episode: the runtime's timestep counter starts again
+    t_before = r.node.policy._t
+    h.instruction_pub.publish(String(data="reach the red ball"))
+    assert h.wait_for(lambda: r.node.policy.instruction == "reach the red ball", timeout=5)
+    assert r.node.policy._t < t_before + 3
+
+
+def test_missing_bundle_exits_at_start_with_one_clear_message(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gato_ros.ros.policy_node", "--ros-args", "-p",
+                          f"model_path:={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "does not exist" in lines[0] and "model_path" in lines[0], out.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "gato.json").write_text("{not json")
+    out = subprocess.run([sys.executable, "-m", "gato_ros.ros.policy_node", "--ros-args", "-p",
+                          f"model_path:={tmp_path / 'broken'}"], capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 1 and len(lines) == 1 and "cannot load model bundle" in lines[0], out.stderr
+
+
+def test_node_starts_without_torch():
+    code = ("import sys; import gato_ros.ros.policy_node, gato_ros.runtime, gato_ros.ros.conversions; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
