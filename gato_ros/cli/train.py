@@ -1,7 +1,7 @@
 """`gato-ros train`: train (or fine-tune) the transformer on episode datasets.
 
     gato-ros train --data data/reach --data data/pick --out runs/small --config gato-small --steps 2000
-    torchrun --nproc_per_node=2 -m gato_ros.cli train --data data/reach --out runs/ddp   # DDP (gloo on CPU)
+    torchrun --nproc_per_node=2 $(which gato-ros) train --data data/reach --out runs/ddp   # DDP (gloo on CPU)
 
 Writes RUN/checkpoint.pt (resumable with --resume), RUN/log.csv, RUN/loss.png, RUN/train_config.json.
 """

@@ -1,0 +1,109 @@
+"""Training: the loss falls, checkpoints resume, bad data stops at once, the CLI and 2-process DDP run."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gato_ros.dataset import Episode, write_episode
+from gato_ros.model.data import synthetic_episodes
+from gato_ros.model.train import TrainConfig, load_checkpoint, lr_at, train
+
+TINY = dict(config="gato-tiny", batch_size=8, lr=3e-3, warmup=5, val_batches=2, progress=False)
+
+
+def _write_dataset(root: Path, n: int = 4, steps: int = 12, seed: int = 0) -> Path:
+    for ep in synthetic_episodes(n, steps, seed):
+        meta = {"joint_names": ep.meta["joint_names"], "joint_limits": [[-3.0, 3.0]] * 6 + [[0.0, 0.05]],
+                "control_rate_hz": 20.0, "image_size": 64, "source": "synthetic"}
+        write_episode(root, Episode(ep.observations, ep.actions, ep.instruction, ep.task, ep.seed, ep.success, meta))
+    return root
+
+
+def test_validation_loss_falls(tmp_path):
+    eps = synthetic_episodes(6, 16, seed=1)
+    res = train(TrainConfig(out=str(tmp_path / "run"), steps=40, val_every=40, **TINY), episodes=eps)
+    rows = [r for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    first_train = float(rows[0].split(",")[2])
+    assert res["val_loss"] < 0.6 * first_train, (res, first_train)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck["step"] == 40 and "git_commit" in ck and ck["config"]["tokenizer"]["num_bins"] == 1024
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    eps = synthetic_episodes(3, 10)
+    out = str(tmp_path / "run")
+    train(TrainConfig(out=out, steps=4, ckpt_every=2, val_every=4, **TINY), episodes=eps)
+    res = train(TrainConfig(out=out, steps=6, ckpt_every=2, val_every=3, resume=True, **TINY), episodes=eps)
+    assert res["step"] == 6
+    steps = [int(r.split(",")[0]) for r in (Path(out) / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_same_seed_same_weights(tmp_path):
+    eps = synthetic_episodes(3, 10)
+    for name in ("a", "b"):
+        train(TrainConfig(out=str(tmp_path / name), steps=2, val_every=2, **TINY), episodes=eps)
+    a, b = load_checkpoint(tmp_path / "a")["model"], load_checkpoint(tmp_path / "b")["model"]
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_warmup_then_cosine():
+    tc = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, tc) == pytest.approx(0.1) and lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(99, tc) == pytest.approx(0.1, abs=1e-3) and lr_at(55, tc) == pytest.approx(0.55, abs=1e-2)
+
+
+def test_empty_and_mixed_datasets_stop_naming_the_episode(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        train(TrainConfig(out=str(tmp_path / "r"), **TINY), episodes=[])
+    eps = synthetic_episodes(3, 6)
+    eps[1].actions = eps[1].actions[:, :6]
+    eps[1].observations["joint_pos"] = eps[1].observations["joint_pos"][:, :6]
+    eps[1].observations["joint_vel"] = eps[1].observations["joint_vel"][:, :6]
+    with pytest.raises(ValueError, match="episode 1.*differs from episode 0"):
+        train(TrainConfig(out=str(tmp_path / "r"), **TINY), episodes=eps)
+    assert not (tmp_path / "r").exists()
+
+
+def _env():
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    return env
+
+
+def test_cli_train_on_episode_dataset_then_init(tmp_path):
+    data = _write_dataset(tmp_path / "data")
+    gato = [str(Path(sys.executable).parent / "gato-ros")]
+    cmd = gato + ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--config", "gato-tiny", "--steps",
+                  "3", "--batch-size", "4", "--val-every", "3", "--no-progress", "--json"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_env()).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["step"] == 3
+    meta = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert meta["robot"]["joint_names"] == [f"j{i}" for i in range(7)]
+    assert meta["robot"]["joint_limits"][6] == [0.0, 0.05]
+    # fine-tune from the checkpoint
+    cmd2 = gato + ["train", "--data", str(data), "--out", str(tmp_path / "ft"), "--init", str(tmp_path / "run"),
+                   "--steps", "2", "--batch-size", "4", "--val-every", "2", "--no-progress", "--json"]
+    subprocess.run(cmd2, check=True, capture_output=True, text=True, env=_env())
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    data = _write_dataset(tmp_path / "data", n=3, steps=8)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [torchrun, "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+           str(Path(sys.executable).parent / "gato-ros"), "train", "--data", str(data), "--out", str(tmp_path / "run"),
+           "--config", "gato-tiny", "--steps", "2", "--batch-size", "2", "--val-every", "2", "--no-progress", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck["world_size"] == 2 and ck["step"] == 2
