@@ -75,6 +75,28 @@ def running(ros_context, bundle):
         r.close()
 
 
+def test_parameters_mirror_the_config_dataclass(running):
+    """Every config field is a ROS parameter with the same default (and a description), nothing else is."""
+    from dataclasses import fields
+
+    from gato_ros.ros.policy_node import PolicyNodeConfig
+
+    r = running()
+    node = r.node
+    defaults = PolicyNodeConfig()
+    overridden = {"model_path", "control_rate_hz", "execution_provider", "inference_threads"}
+    for f in fields(PolicyNodeConfig):
+        assert node.has_parameter(f.name), f.name
+        if f.name == "joint_names":  # an empty string array cannot be declared with a value: it stays unset
+            assert node.config.joint_names == [] and node.describe_parameter(f.name).type == 9  # STRING_ARRAY
+        elif f.name not in overridden:
+            value = node.get_parameter(f.name).value
+            assert (list(value) if isinstance(value, (list, tuple)) else value) == getattr(defaults, f.name), f.name
+        assert node.describe_parameter(f.name).description, f"{f.name} has no description"
+    assert node.config.enable_on_start is False and node.config.sensor_timeout_s == 0.25
+    assert node.joint_names == JOINTS
+
+
 def test_commands_at_rate_with_bgr8_640x480_and_shuffled_extra_joints(running):
     r = running(enable_on_start=True, instruction="reach the red ball")
     h = r.harness

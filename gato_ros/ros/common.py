@@ -35,8 +35,9 @@ def declare_config(node: Any, cls: type) -> Any:
     for f in fields(cls):
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         desc = ParameterDescriptor(description=_field_doc(cls, f.name))
-        if isinstance(default, list):
-            # rclpy cannot infer an array type from an empty list: declare the type, keep the default ourselves
+        if isinstance(default, list) and not default:
+            # rclpy cannot infer an array type from an empty list: declare the type (the parameter stays unset
+            # until given) and keep the empty default here
             p = node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, desc)
             values[f.name] = list(p.value) if p.value is not None else default
         else:

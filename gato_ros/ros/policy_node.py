@@ -64,7 +64,9 @@ class PolicyNodeConfig:
     instruction: str = ""
     """Initial instruction; a message on ~/instruction replaces it (and resets the context)."""
     image_topic: str = "/camera/image_raw"
+    """sensor_msgs/Image (sensor-data QoS): rgb8, bgr8, rgba8, bgra8 or mono8, any size."""
     joint_state_topic: str = "/joint_states"
+    """sensor_msgs/JointState, matched by name; extra joints are ignored."""
     command_interface: str = "position_array"
     """position_array (std_msgs/Float64MultiArray) or joint_trajectory (trajectory_msgs/JointTrajectory)."""
     command_topic: str = ""
@@ -88,6 +90,7 @@ class PolicyNodeConfig:
     enable_on_start: bool = False
     """Command from the start. Off by default: a real arm does not move until ~/enable is called."""
     diagnostics_period_s: float = 1.0
+    """Period of the /diagnostics status (state, rate, latency, provider, deadline misses, last error)."""
 
     def __post_init__(self) -> None:
         if not self.control_rate_hz > 0:
