@@ -27,11 +27,11 @@ def cli(*args, timeout=200):
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
 
 
-def test_eval_ros_reports_the_same_json_as_without_ros(bundle):
+def test_eval_ros_reports_the_same_json_as_without_ros(bundle, tmp_path):
     common = ["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--seed", "5", "--json",
               "--execution-provider", "cpu", "--no-progress"]
     direct = cli(*common)
-    over_ros = cli(*common, "--ros")
+    over_ros = cli(*common, "--ros", "--video", str(tmp_path / "eval.mp4"))
     assert direct.returncode == 0, direct.stderr
     assert over_ros.returncode == 0, over_ros.stderr
     a, b = json.loads(direct.stdout), json.loads(over_ros.stdout)
@@ -43,6 +43,10 @@ def test_eval_ros_reports_the_same_json_as_without_ros(bundle):
     assert b["tick_ms"]["p50"] > 0 and b["image_to_command_ms"]["p50"] > 0 and b["transport"] == "ros2"
     # an untrained model does not succeed, so both ran the episode to its step budget
     assert a["tasks"]["reach"]["mean_steps"] == b["tasks"]["reach"]["mean_steps"] == 60
+    import imageio.v2 as imageio
+
+    assert b["video"] == str(tmp_path / "eval.mp4")
+    assert len(imageio.mimread(tmp_path / "eval.mp4", memtest=False)) >= 50
 
 
 def test_eval_ros_refuses_the_expert_with_a_reason():

@@ -156,12 +156,18 @@ def image_to_model_input(msg: Any, height: int, width: int) -> np.ndarray:
     """sensor_msgs/Image in any supported encoding and size -> uint8 (height, width, 3) RGB for the policy.
 
     The numpy path resizes the raw pixels first and reorders channels on the small result: a 640x480 bgr8 frame
-    costs about 3 ms instead of 20 ms on one CPU core.
+    to 64x64 costs about 1 ms on one CPU core.
     """
     pixels, _, order = _check_and_view(msg)
     if _BRIDGE is not None:
         return resize_rgb(decode_image(msg), height, width)
     return _to_rgb(resize_rgb(pixels, height, width), order)
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> uint8 (H, W, 1) ITU-R BT.601 luma, for bundles trained on mono8 images."""
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
 
 
 def encode_image(rgb: np.ndarray, encoding: str = "rgb8", msg: Any = None) -> Any:
@@ -175,8 +181,8 @@ def encode_image(rgb: np.ndarray, encoding: str = "rgb8", msg: Any = None) -> An
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ConversionError(f"expected uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")
     channels, order = ENCODINGS[enc]
-    if order is None:  # ITU-R BT.601 luma
-        pixels = np.rint(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    if order is None:
+        pixels = to_grey(rgb)
     else:
         pixels = np.empty(rgb.shape[:2] + (channels,), np.uint8)
         pixels[:, :, list(order)] = rgb

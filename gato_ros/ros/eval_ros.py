@@ -270,15 +270,26 @@ def evaluate_ros(args) -> dict:
         bar = tqdm(total=args.episodes * len(tasks), unit="ep", desc="eval --ros", leave=False)
     records: list[EpisodeRecord] = []
     started = time.perf_counter()
+    video, on_frame, filming = None, None, {"on": False}
+    if getattr(args, "video", None):
+        from gato_ros.sim.video import VideoWriter, annotate, upscale
+
+        video = VideoWriter(args.video, fps=rate)
+
+        def on_frame(rgb, ep):  # the first --video-episodes episodes of each task, as the ROS-free eval draws
+            if filming["on"]:
+                video.append(annotate(upscale(rgb, 256), ep.get("instruction", ""), success=ep.get("success"),
+                                      step=ep.get("step")))
     rclpy.init()
     graph = GraphProcesses(graph_arguments(bundle, args.execution_provider), echo=False)
     client = None
     try:
         graph.start()
-        client = GraphClient()
+        client = GraphClient(on_frame=on_frame)
         client.wait_ready(graph)
         for task in tasks:
             for i in range(args.episodes):
+                filming["on"] = video is not None and i < getattr(args, "video_episodes", 2)
                 rec = client.run_episode(task, args.seed + i, episode_timeout(task, rate), graph)
                 records.append(rec)
                 if bar is not None:
@@ -293,6 +304,8 @@ def evaluate_ros(args) -> dict:
             client.close()
         graph.close()
         rclpy.try_shutdown()
+        if video is not None:
+            video.close()
     wall = time.perf_counter() - started
     per_task = {}
     for task in tasks:
@@ -319,4 +332,5 @@ def evaluate_ros(args) -> dict:
         "control_rate_hz": rate,
         "seed": args.seed,
         "transport": "ros2",
+        **({"video": str(args.video)} if video is not None else {}),
     }

@@ -39,7 +39,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
-from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_backend, image_to_model_input
+from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_backend, image_to_model_input, to_grey
 from gato_ros.ros.graph import DEFAULT_MODEL, share_path
 from gato_ros.safety import SafetyConfig, SafetyFilter
 
@@ -215,8 +215,11 @@ class PolicyNode(Node):
                 f"joint_names has {len(self.joint_names)} names but the bundle commands {len(bundle_names)} "
                 f"joints {bundle_names}; give one robot joint name per bundle joint, in the bundle's order"
             )
-        size = policy.image_size
-        self.image_hw = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+        size = policy.image_size  # None: a model without a camera input
+        self.image_hw = None if size is None else (
+            (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1])))
+        shape = getattr(getattr(getattr(policy, "cfg", None), "spec", None), "image_shape", None)
+        self.image_channels = int(shape[2]) if shape is not None else 3  # 1: a mono8 bundle
         self.provider = str(getattr(policy, "provider", "unknown"))
         limits = np.asarray(policy.joint_limits, dtype=np.float64)
         step = np.array(
@@ -369,6 +372,11 @@ class PolicyNode(Node):
         if now - joint_rx > timeout:
             return (f"joint state on {self.config.joint_state_topic} is {now - joint_rx:.2f} s old "
                     f"(sensor_timeout_s={timeout:g})"), None, joint_pos
+        if self.image_hw is None:
+            if not instruction:
+                return "no instruction yet: publish one on ~/instruction or set the instruction parameter", None, \
+                    joint_pos
+            return None, {"joint_pos": joint_pos, "joint_vel": joint_vel}, joint_pos
         if image_msg is None:
             return f"no image received on {self.config.image_topic} yet", None, joint_pos
         if now - image_rx > timeout:
@@ -378,7 +386,8 @@ class PolicyNode(Node):
             return "no instruction yet: publish one on ~/instruction or set the instruction parameter", None, joint_pos
         try:
             if self._converted is None or self._converted[0] is not image_msg:
-                self._converted = (image_msg, image_to_model_input(image_msg, *self.image_hw))
+                rgb = image_to_model_input(image_msg, *self.image_hw)
+                self._converted = (image_msg, to_grey(rgb) if self.image_channels == 1 else rgb)
         except ConversionError as exc:
             msg = f"{self.config.image_topic}: {exc}"
             self._error(msg)
