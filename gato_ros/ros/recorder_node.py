@@ -21,7 +21,6 @@ import dataclasses
 import importlib
 import json
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gato_ros.bags import EPISODE_TOPIC, TOPIC_TYPES, BagWriter, episode_marker
+from gato_ros.dataset import git_commit
 
 
 @dataclass
@@ -55,18 +55,6 @@ class RecorderConfig:
             raise ValueError(f"topics {bad}: use absolute topic names (starting with '/')")
         if not self.bag:
             self.bag = str(Path("bags") / time.strftime("gato_%Y%m%d_%H%M%S", time.gmtime()))
-
-
-def git_commit() -> str:
-    """The git commit of the gato_ros checkout this code runs from ('unknown' outside a checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _message_class(msgtype: str):
@@ -128,7 +116,7 @@ def _node_class():
                     storage=self.config.storage,
                     chunk_interval_s=self.config.chunk_interval_s,
                     custom_data={
-                        "gato_ros.git_commit": git_commit(),
+                        "gato_ros.git_commit": git_commit() or "unknown",
                         "gato_ros.bundle": self.config.bundle,
                         "gato_ros.recorder_parameters": json.dumps(dataclasses.asdict(self.config)),
                         "gato_ros.started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
