@@ -239,9 +239,12 @@ def test_instruction_topic_change_resets_the_context(running):
     h.instruction_pub.publish(String(data="reach the blue cube"))
     assert h.wait_for(lambda: len(h.commands) >= 3, timeout=10)
     assert h.wait_for(lambda: h.last_diagnostics().get("instruction") == "reach the blue cube", timeout=5)
-    # a new instruction starts a new episode: the runtime's timestep counter starts again
+    # a new instruction starts a new episode: the runtime's timestep counter starts again; this one comes from a
+    # volatile publisher (what `ros2 topic pub` uses), which a transient-local subscription alone would not match
     t_before = r.node.policy._t
-    h.instruction_pub.publish(String(data="reach the red ball"))
+    volatile = h.node.create_publisher(String, "/gato_policy/instruction", 10)
+    assert h.wait_for(lambda: volatile.get_subscription_count() >= 1, timeout=5)
+    volatile.publish(String(data="reach the red ball"))
     assert h.wait_for(lambda: r.node.policy.instruction == "reach the red ball", timeout=5)
     assert r.node.policy._t < t_before + 3
 

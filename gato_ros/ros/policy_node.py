@@ -179,9 +179,12 @@ class PolicyNode(Node):
                                  callback_group=sensors)
         self.create_subscription(JointState, cfg.joint_state_topic, self._on_joints, qos_profile_sensor_data,
                                  callback_group=sensors)
-        # Transient local so a latched instruction (the sim's) reaches a node that starts later.
+        # Two subscriptions on ~/instruction: a transient-local one so a latched instruction (the sim's) reaches a
+        # node that starts later, and a volatile one, because a transient-local subscription does not match a
+        # volatile publisher (`ros2 topic pub`'s default). The same text arriving twice changes nothing.
         latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, "~/instruction", self._on_instruction, latched, callback_group=sensors)
+        self.create_subscription(String, "~/instruction", self._on_instruction, 10, callback_group=sensors)
         self.create_subscription(Bool, "~/estop", self._on_estop_topic, 10, callback_group=sensors)
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=sensors)
         self.create_service(SetBool, "~/enable", self._srv_enable, callback_group=sensors)
