@@ -84,7 +84,7 @@ def test_parameters_mirror_the_config_dataclass(running):
     r = running()
     node = r.node
     defaults = PolicyNodeConfig()
-    overridden = {"model_path", "control_rate_hz", "execution_provider", "inference_threads"}
+    overridden = {"model_path", "control_rate_hz", "execution_provider"}
     for f in fields(PolicyNodeConfig):
         assert node.has_parameter(f.name), f.name
         if f.name == "joint_names":  # an empty string array cannot be declared with a value: it stays unset

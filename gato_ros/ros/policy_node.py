@@ -73,8 +73,10 @@ class PolicyNodeConfig:
     """Empty: /position_controller/commands or /arm_controller/joint_trajectory, per command_interface."""
     execution_provider: str = "auto"
     """ONNX Runtime provider: auto|tensorrt|cuda|cpu (auto picks the fastest one that really starts)."""
-    inference_threads: int = 0
-    """ONNX Runtime intra-op threads on the CPU provider (0: the runtime's default, min(cores, 4))."""
+    inference_threads: int = 1
+    """ONNX Runtime intra-op threads on the CPU provider (0: the runtime's default, min(cores, 4)). One by default:
+    a tick is a chain of small batch-1 graph calls that more threads do not speed up, and that slow down badly
+    when the cores are shared (gato-small on a busy 2-core machine: 13 ms p50 with 1 thread, 37 ms with 2)."""
     sensor_timeout_s: float = 0.25
     """Hold when the latest image or joint state arrived longer ago than this."""
     max_joint_step_rad: float = 0.1
