@@ -30,7 +30,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: no 1e-18 rounding residue
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def percentiles(values: Sequence[float]) -> dict:

@@ -88,12 +88,22 @@ def test_only_the_instruction_disambiguates_the_target(env):
         env.reset(seed=seed, options={"task": "reach"})
         objects = env.layout.objects
         target = env.layout.object(env.layout.target)
-        same_colour = [o for o in objects if o.colour == target.colour and o is not target]
-        same_shape = [o for o in objects if o.kind == target.kind and o is not target]
-        assert same_colour and same_shape, env.layout
+        assert env.instruction == f"reach the {target.colour} {target.kind}"
+        # Default scheme: four different colours, so the colour word picks exactly one object.
+        assert len({o.colour for o in objects}) == 4 and len(objects) == 4
         env.reset(seed=seed, options={"task": "pick_place"})
         kinds = [o.kind for o in env.layout.objects]
         assert kinds.count("cube") == 3 and kinds.count("bowl") == 2
+        cubes = [o for o in env.layout.objects if o.kind == "cube"]
+        bowls = [o for o in env.layout.objects if o.kind == "bowl"]
+        assert len({o.colour for o in cubes}) == 3 and len({o.colour for o in bowls}) == 2
+    with ArmEnv(EnvConfig(reach_distractors="attribute")) as hard:
+        for seed in range(20):
+            hard.reset(seed=seed, options={"task": "reach"})
+            target = hard.layout.object(hard.layout.target)
+            others = [o for o in hard.layout.objects if o is not target]
+            assert any(o.colour == target.colour for o in others) and any(o.kind == target.kind for o in others)
+            assert not any(o.colour == target.colour and o.kind == target.kind for o in others)
 
 
 def test_bad_input_raises_value_error_naming_what_was_expected(env):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gato_ros.sim.backend import import_mujoco, sim_dir
-from gato_ros.sim.tasks import COLOURS, PARK_X, PARK_Z, POOL_SIZE, TASKS, Layout, get_task
+from gato_ros.sim.tasks import COLOURS, PARK_X, PARK_Z, POOL_SIZE, REACH_DISTRACTORS, TASKS, Layout, get_task
 
 mujoco = import_mujoco()
 
@@ -58,6 +58,7 @@ class EnvConfig:
     max_steps: int | None = None  # episode budget; None uses the task's (reach 60, pick_place 150)
     position_jitter: float = 0.015  # m, uniform offset of each object around its slot centre
     yaw_jitter: float = 0.3  # rad, uniform yaw of each object
+    reach_distractors: str = "colour"  # "colour": colour word suffices; "attribute": colour and shape both needed
     terminate_on_success: bool = True
     camera: str = "camera"
     scene_path: str | None = None  # None: sim/scene.xml (see backend.sim_dir)
@@ -79,6 +80,8 @@ class EnvConfig:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps!r}")
         if not 0 <= self.position_jitter <= 0.05:
             raise ValueError(f"position_jitter must be in [0, 0.05] m (slots are 20 cm apart), got {self.position_jitter}")
+        if self.reach_distractors not in REACH_DISTRACTORS:
+            raise ValueError(f"reach_distractors must be one of {REACH_DISTRACTORS}, got {self.reach_distractors!r}")
         if not 0 <= self.yaw_jitter <= math.pi:
             raise ValueError(f"yaw_jitter must be in [0, pi] rad, got {self.yaw_jitter}")
 
@@ -167,7 +170,7 @@ class ArmEnv:
         name = options.get("task") or self.config.task
         if name is None:
             name = sorted(TASKS)[int(self._rng.integers(len(TASKS)))]
-        self.task = get_task(name)
+        self.task = get_task(name, self.config.reach_distractors)
         self.layout = self.task.sample(self._rng, self.config.position_jitter, self.config.yaw_jitter)
 
         m, d = self.model, self.data

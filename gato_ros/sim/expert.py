@@ -7,8 +7,10 @@ the same order every episode, so a small model can imitate it:
 
 | task | phases (tool z = down, fixed yaw) |
 |---|---|
-| reach | approach (8 cm above the target's top) -> descend (2.5 cm above its top) -> hold |
-| pick_place | approach (10 cm above the cube) -> descend (grasp height) -> close -> lift (16 cm) -> carry (above the bowl) -> lower -> open -> retreat -> hold |
+| reach | approach (tool 14 cm above the table over the target) -> descend (7.5 cm) -> hold |
+| pick_place | approach (12.5 cm over the cube) -> descend (2 cm) -> close -> lift (16 cm) -> carry (over the bowl) -> lower (9 cm) -> open -> retreat (20 cm) -> hold |
+
+Waypoint heights are fixed (not per shape), so the joint targets depend only on where the objects are.
 
 Optional Gaussian action noise (`noise`, rad on the arm joints; metres x 0.1 on the gripper) perturbs the executed
 action for data diversity, while `clean_action` keeps the noiseless target for use as the training label (the
@@ -24,6 +26,8 @@ from gato_ros.sim.kinematics import ArmIK
 
 GRIPPER_OPEN = 0.0425  # m per finger (2F-85 stroke / 2)
 GRIPPER_CLOSED = 0.0
+REACH_APPROACH_Z = 0.14  # m, tool centre height above the table while approaching a reach target
+REACH_Z = 0.075  # m, final tool centre height for reach
 
 
 @dataclass
@@ -135,36 +139,30 @@ class ScriptedExpert:
             raise RuntimeError("reset the env before asking the expert to act")
         target = layout.target
 
-        def above(body: str, dz: float, top: bool = False):
+        def at_height(body: str, z: float):
+            """Tool position over the body's current centre, at a fixed height z (m above the table)."""
+
             def f(env):
                 p = env.data.body(body).xpos.copy()
-                if top:
-                    p[2] += _half_height(env.model, body)
-                p[2] += dz
+                p[2] = z
                 return p
 
             return f
 
         if layout.task == "reach":
+            # Fixed heights for every shape, so the final pose depends only on where the target is: 75 mm is
+            # 25 mm over a cube, 19 mm over a ball and between the open fingers for the 90 mm cylinder.
             return [
-                _Phase("approach", "move", GRIPPER_OPEN, above(target, 0.08, top=True), tol=0.05),
-                _Phase("descend", "move", GRIPPER_OPEN, above(target, 0.025, top=True), tol=0.01),
+                _Phase("approach", "move", GRIPPER_OPEN, at_height(target, REACH_APPROACH_Z), tol=0.05),
+                _Phase("descend", "move", GRIPPER_OPEN, at_height(target, REACH_Z), tol=0.01),
                 _Phase("hold", "hold", GRIPPER_OPEN),
             ]
         if layout.task == "pick_place":
             bowl = layout.receptacle
-
-            def at_height(body: str, z: float):
-                def f(env):
-                    p = env.data.body(body).xpos.copy()
-                    p[2] = z
-                    return p
-
-                return f
-
             return [
-                _Phase("approach", "move", GRIPPER_OPEN, above(target, 0.10), tol=0.05),
-                _Phase("descend", "move", GRIPPER_OPEN, above(target, -0.005), tol=0.01),
+                _Phase("approach", "move", GRIPPER_OPEN, at_height(target, 0.125), tol=0.05),
+                # Tool centre 5 mm below the cube centre: the pads cover the cube's lower two thirds.
+                _Phase("descend", "move", GRIPPER_OPEN, at_height(target, 0.02), tol=0.01),
                 _Phase("close", "grip", GRIPPER_CLOSED, timeout=12),
                 _Phase("lift", "move", GRIPPER_CLOSED, at_height(target, 0.16), tol=0.05),
                 _Phase("carry", "move", GRIPPER_CLOSED, at_height(bowl, 0.16), tol=0.05),
@@ -174,12 +172,6 @@ class ScriptedExpert:
                 _Phase("hold", "hold", GRIPPER_OPEN),
             ]
         raise ValueError(f"the scripted expert has no plan for task {layout.task!r}")
-
-
-def _half_height(model, body: str) -> float:
-    from gato_ros.sim.env import _resting_height
-
-    return _resting_height(model, body)
 
 
 class RandomPolicy:

@@ -3,11 +3,12 @@
 Both tasks share one grid of six object slots in front of the arm (two rows of three, 20-22 cm apart) so a policy
 that learns where the slots are can reuse it across tasks, and each episode places its objects in randomly chosen
 slots with a small random offset and yaw. Colours and shapes are drawn so that **only the instruction picks the
-target**: every layout holds at least one other object of the target's colour or of its shape.
+target**: the target's place, shape and colour are random, and every other object is a plausible target for a
+different instruction.
 
 | task | instruction | objects | success |
 |---|---|---|---|
-| `reach` | "reach the {colour} {shape}" | 4 of {cube, ball, cylinder} x {red, green, blue, yellow}: the target, one of its colour, one of its shape, one more | tool centre point within 3 cm of the target's surface |
+| `reach` | "reach the {colour} {shape}" | 4 objects of {cube, ball, cylinder}, one of each colour {red, green, blue, yellow} (or, with `reach_distractors="attribute"`, one sharing the target's colour and one its shape) | tool centre point within 3 cm of the target's surface |
 | `pick_place` | "put the {colour} cube in the {colour} bowl" | 3 cubes (distinct colours), 2 bowls (distinct colours) | target cube resting inside the target bowl (centre within 5.5 cm of the bowl axis, below 5 cm height) and not touching the fingers |
 
 Geometry (metres, world frame; the arm base is at the origin, the table top at z = 0): slots at x in {0.38, 0.58},
@@ -35,6 +36,7 @@ SLOTS = np.array([[0.38, -0.12], [0.38, 0.10], [0.38, 0.32], [0.58, -0.12], [0.5
 # Where unused pool objects wait: on a shelf behind the scene camera, outside its view.
 PARK_X, PARK_Z = 2.5, 0.0
 
+REACH_DISTRACTORS = ("colour", "attribute")
 REACH_SUCCESS_DISTANCE = 0.03  # m, issue 4: "end effector within 3 cm of the named object"
 BOWL_INNER_RADIUS = 0.055  # m: rim walls sit at 60-72 mm; a 50 mm cube centre inside 55 mm is inside the rim
 BOWL_MAX_HEIGHT = 0.05  # m: a cube resting on the 12 mm base has its centre at 37 mm
@@ -121,21 +123,42 @@ def surface_distance(model, data, geom: str, point: np.ndarray) -> float:
 
 
 class Reach(Task):
-    """Move the tool centre point to within 3 cm of the named object."""
+    """Move the tool centre point to within 3 cm of the named object.
+
+    Two distractor schemes (EnvConfig.reach_distractors):
+    - "colour" (default): the four objects have four different colours and random shapes, so the colour word
+      alone identifies the target (the shape word is still said and always true). At 64x64 an object is ~5 px wide:
+      hue is a robust cue there, shape much less so, and this is the scheme a small model learns in a CPU budget.
+    - "attribute": one distractor shares the target's colour and another its shape, so the policy must bind both
+      words to the image (harder; for larger models or images).
+    """
 
     name = "reach"
-    max_steps = 60  # 3 s at 20 Hz; the expert needs ~30 steps
+    max_steps = 60  # 3 s at 20 Hz; the expert needs ~18 steps
+
+    def __init__(self, distractors: str = "colour"):
+        if distractors not in REACH_DISTRACTORS:
+            raise ValueError(f"reach distractors must be one of {REACH_DISTRACTORS}, got {distractors!r}")
+        self.distractors = distractors
 
     def sample(self, rng, jitter, yaw_range):
         colours, shapes = list(COLOURS), list(SHAPES)
-        colour = colours[rng.integers(len(colours))]
-        shape = shapes[rng.integers(len(shapes))]
-        other_shape = [s for s in shapes if s != shape][rng.integers(len(shapes) - 1)]
-        other_colour = [c for c in colours if c != colour][rng.integers(len(colours) - 1)]
-        chosen = [(shape, colour), (other_shape, colour), (shape, other_colour)]
-        # One more object of any (shape, colour) not yet on the table.
-        rest = [(s, c) for s in shapes for c in colours if (s, c) not in chosen]
-        chosen.append(rest[rng.integers(len(rest))])
+        if self.distractors == "colour":
+            order = rng.permutation(len(colours))
+            chosen = [(shapes[rng.integers(len(shapes))], colours[i]) for i in order[:4]]
+            # Respect the pool (three bodies per shape): redraw the shape of any fourth of a kind.
+            while max(sum(1 for s, _ in chosen if s == k) for k in shapes) > 3:
+                chosen[-1] = (shapes[rng.integers(len(shapes))], chosen[-1][1])
+            shape, colour = chosen[0]
+        else:
+            colour = colours[rng.integers(len(colours))]
+            shape = shapes[rng.integers(len(shapes))]
+            other_shape = [s for s in shapes if s != shape][rng.integers(len(shapes) - 1)]
+            other_colour = [c for c in colours if c != colour][rng.integers(len(colours) - 1)]
+            chosen = [(shape, colour), (other_shape, colour), (shape, other_colour)]
+            # One more object of any (shape, colour) not yet on the table.
+            rest = [(s, c) for s in shapes for c in colours if (s, c) not in chosen]
+            chosen.append(rest[rng.integers(len(rest))])
         objects = _place(rng, chosen, jitter, yaw_range)
         return Layout(self.name, f"reach the {colour} {shape}", objects, target=objects[0].body)
 
@@ -185,9 +208,10 @@ def _touching_fingers(model, data, geom: str) -> bool:
 TASKS: dict[str, Task] = {t.name: t for t in (Reach(), PickPlace())}
 
 
-def get_task(name: str) -> Task:
-    """The task called `name`, or a ValueError listing the known ones."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}") from None
+def get_task(name: str, reach_distractors: str = "colour") -> Task:
+    """The task called `name` (with the given reach distractor scheme), or a ValueError listing the known ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    if name == "reach" and reach_distractors != "colour":
+        return Reach(reach_distractors)
+    return TASKS[name]
