@@ -17,10 +17,11 @@ outputs), `provenance`, `export_check`, `eval`.
 
 Graph interface (H heads, Dh head dim, P prefix slots, R ring slots, L layers; see `gato_ros.model.model`):
 inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `local_pos`, `row_bin`, `col_bin`,
-`prefix_pos` (T,) int64, `rope_cos`, `rope_sin` (T, Dh/2) f32, `mask_prefix` (T, P), `mask_ring` (T, R),
-`mask_new` (T, T) f32 additive, and per layer l `prefix_k_l` (H, Dh, P), `prefix_v_l` (H, P, Dh), `ring_k_l`
-(H, Dh, R), `ring_v_l` (H, R, Dh); outputs `logits` (1, num_bins), `new_k`, `new_v` (L, H, T, Dh).
-`decode.onnx` takes `tokens` (1,), the rope tables, the masks with T = 1 and the cache.
+`prefix_pos` (T,) int64, `rope_cos`, `rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask`
+(T, P+R+T) f32 additive over [prefix slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P)
+unrotated, `ring_k_l` (H, Dh, R) rotated, `value_l` (H, P+R, Dh); outputs `logits` (1, num_bins) of the last
+token, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes `tokens` (1,), the rope tables, the mask with T = 1
+and the cache.
 """
 from __future__ import annotations
 
@@ -44,13 +45,14 @@ OUTPUTS = ("logits", "new_k", "new_v")
 
 
 def cache_names(n_layers: int) -> list[str]:
-    return [f"{n}_{l}" for l in range(n_layers) for n in ("prefix_k", "prefix_v", "ring_k", "ring_v")]
+    return [f"{n}_{l}" for l in range(n_layers) for n in ("prefix_k", "ring_k", "value")]
 
 
 def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
-    """(name, dtype, shape) of every input of `graph`; "T" marks the dynamic token axis (1 for decode)."""
-    T = "T" if graph == "prefill" else 1
+    """(name, dtype, shape) of every input of `graph`; "T" marks a dynamic axis (the prefill's new tokens; the
+    mask's second axis is P + R + T). Decode has T = 1."""
     H, Dh, P, R = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
+    T: int | str = "T" if graph == "prefill" else 1
     out: list[tuple[str, str, tuple]] = []
     if graph == "prefill":
         out += [("tokens", "int64", (T,)), ("patches", "float32", (T, cfg.patch_dim)), ("is_image", "bool", (T,)),
@@ -58,11 +60,11 @@ def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
                 ("prefix_pos", "int64", (T,))]
     else:
         out += [("tokens", "int64", (T,))]
-    out += [("rope_cos", "float32", (T, Dh // 2)), ("rope_sin", "float32", (T, Dh // 2)),
-            ("mask_prefix", "float32", (T, P)), ("mask_ring", "float32", (T, R)), ("mask_new", "float32", (T, T))]
+    out += [("rope_cos", "float32", (T, Dh)), ("rope_sin", "float32", (T, Dh)),
+            ("mask", "float32", (T, "T" if graph == "prefill" else P + R + 1))]
     for l in range(cfg.n_layers):
-        out += [(f"prefix_k_{l}", "float32", (H, Dh, P)), (f"prefix_v_{l}", "float32", (H, P, Dh)),
-                (f"ring_k_{l}", "float32", (H, Dh, R)), (f"ring_v_{l}", "float32", (H, R, Dh))]
+        out += [(f"prefix_k_{l}", "float32", (H, Dh, P)), (f"ring_k_{l}", "float32", (H, Dh, R)),
+                (f"value_{l}", "float32", (H, P + R, Dh))]
     return out
 
 

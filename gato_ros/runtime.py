@@ -22,6 +22,7 @@ Imports neither torch nor rclpy (tested).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -29,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gato_ros.bundle import Bundle, BundleError, graph_inputs, graph_outputs
-from gato_ros.sequence import ContextBuilder, rope_tables
+from gato_ros.sequence import ContextBuilder, rope_full, rope_tables
 from gato_ros.tokenizer import GatoTokenizer, TimestepTokens
 
 PROVIDER_ORDER = {
@@ -121,43 +122,73 @@ class RuntimePolicy:
         self.provider = self.sessions["prefill"].get_providers()[0]
 
         L, H, Dh, P, R = cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
-        # Preallocated cache, bound once; keys stored transposed (H, Dh, slots) so scores need no transpose.
-        self.cache: dict[str, np.ndarray] = {}
-        for l in range(L):
-            self.cache[f"prefix_k_{l}"] = np.zeros((H, Dh, P), np.float32)
-            self.cache[f"prefix_v_{l}"] = np.zeros((H, P, Dh), np.float32)
-            self.cache[f"ring_k_{l}"] = np.zeros((H, Dh, R), np.float32)
-            self.cache[f"ring_v_{l}"] = np.zeros((H, R, Dh), np.float32)
+        C, S, obs = P + R, self.ctx.S, self.ctx.obs_len
+        self._C = C
+        # Preallocated cache, all layers in one array each, bound per layer once (IO binding over the same memory).
+        # Keys are stored transposed (Dh, slots) so scores need no transpose; values of prefix and ring share one
+        # buffer (prefix slots first).
+        self.prefix_k = np.zeros((L, H, Dh, P), np.float32)
+        self.ring_k = np.zeros((L, H, Dh, R), np.float32)
+        self.values = np.zeros((L, H, C, Dh), np.float32)
         self._prefix_mask = np.full(P, NEG_INF, np.float32)  # (P,) 0 where a prefix slot holds a token
         self._ring_step = np.full(R, -1, np.int64)  # (R,) timestep held by each ring slot, -1 = empty
-        self._bindings = {g: s.io_binding() for g, s in self.sessions.items()}
-        for g, b in self._bindings.items():
-            for name, arr in self.cache.items():
-                b.bind_cpu_input(name, arr)
-
-        S, obs = self.ctx.S, self.ctx.obs_len
         self._a_last = S - 1  # offset of the last action token in a timestep
-        # Constant per-position inputs of a tick's prefill: [last action of t-1] + observation tokens of t.
+
+        # Per-call inputs and outputs of the three fixed-shape calls of a tick, preallocated and bound once:
+        # "tick0" (first tick: T = obs), "tick" (T = 1 + obs: the previous tick's last action + observation),
+        # "decode" (T = 1). Only their contents change between calls.
         lp, rb, cb = self.ctx.local_pos, self.ctx.eval_row_bin, self.ctx.eval_col_bin
-        self._tick_offsets = {
-            0: np.arange(obs),  # first tick of an episode: no previous action
-            1: np.concatenate(([self._a_last], np.arange(obs))),
-        }
-        self._tick_const = {}
-        for k, offs in self._tick_offsets.items():
-            self._tick_const[k] = {
+        self._io: dict[str, dict[str, np.ndarray]] = {}
+        self._bind: dict[str, ort.IOBinding] = {}
+        for name, offs in (("tick0", np.arange(obs)), ("tick", np.concatenate(([self._a_last], np.arange(obs))))):
+            T = len(offs)
+            mask = np.full((T, C + T), NEG_INF, np.float32)
+            mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
+            self._io[name] = {
+                "tokens": np.zeros(T, np.int64),
+                "patches": np.zeros((T, cfg.patch_dim), np.float32),
                 "is_image": self.ctx.is_image[offs].copy(),
                 "local_pos": lp[offs].copy(),
                 "row_bin": rb[offs].copy(),
                 "col_bin": cb[offs].copy(),
-                "prefix_pos": np.full(len(offs), self.ctx.prefix_pad, np.int64),
-                "mask_new": np.triu(np.full((len(offs), len(offs)), NEG_INF, np.float32), 1),
+                "prefix_pos": np.full(T, self.ctx.prefix_pad, np.int64),
+                "rope_cos": np.zeros((T, Dh), np.float32),
+                "rope_sin": np.zeros((T, Dh), np.float32),
+                "mask": mask,
             }
-        self._decode_mask_new = np.zeros((1, 1), np.float32)
+        self._io["decode"] = {
+            "tokens": np.zeros(1, np.int64),
+            "rope_cos": np.zeros((1, Dh), np.float32),
+            "rope_sin": np.zeros((1, Dh), np.float32),
+            "mask": np.zeros((1, C + 1), np.float32),  # last column: the token itself
+        }
+        self._out: dict[str, dict[str, np.ndarray]] = {}
+        for name, io in self._io.items():
+            sess = self.sessions["decode" if name == "decode" else "prefill"]
+            T = io["tokens"].shape[0]
+            b = sess.io_binding()
+            for k, arr in io.items():
+                b.bind_cpu_input(k, arr)
+            self._bind_cache(b)
+            outs = {"logits": np.zeros((1, cfg.tokenizer.num_bins), np.float32),
+                    "new_k": np.zeros((L, H, T, Dh), np.float32), "new_v": np.zeros((L, H, T, Dh), np.float32)}
+            for k, arr in outs.items():
+                b.bind_ortvalue_output(k, ort.OrtValue.ortvalue_from_numpy(arr))
+            self._out[name] = outs
+            self._bind[name] = b
+        self._obs_slots = slice(0, obs)  # offsets of the observation tokens within a timestep
         self.instruction = ""
         self._prompt: TimestepTokens | None = None
         self.trace: list[np.ndarray] | None = None  # when a list, every sampled action's logits are appended
+        self.timings: list[dict] | None = None  # when a list, `act` appends its phase times (s) (benchmark)
+        self._calls: list[float] | None = None
         self.reset()
+
+    def _bind_cache(self, b: ort.IOBinding) -> None:
+        for l in range(self.cfg.n_layers):
+            b.bind_cpu_input(f"prefix_k_{l}", self.prefix_k[l])
+            b.bind_cpu_input(f"ring_k_{l}", self.ring_k[l])
+            b.bind_cpu_input(f"value_{l}", self.values[l])
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -201,39 +232,97 @@ class RuntimePolicy:
 
     def act(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """One control tick: observation dict -> (A,) float64 joint targets (clipped to the joint limits)."""
+        timed = self.timings is not None
+        t0 = time.perf_counter() if timed else 0.0
         obs = self._check_observation(observation)
         step = self.tok.tokenize_steps({k: v[None] for k, v in obs.items()}, None, self.cfg.spec)
+        if timed:
+            t1 = time.perf_counter()
+            self._calls = [t1]
         tokens = self.act_tokens(step)
+        t2 = time.perf_counter() if timed else 0.0
         norm = self.tok.decode_uniform(tokens)
         target = self.normalizer.denormalize(norm, obs["joint_pos"])
-        return np.clip(target, self.joint_limits[:, 0], self.joint_limits[:, 1])
+        out = np.clip(target, self.joint_limits[:, 0], self.joint_limits[:, 1])
+        if timed:
+            t3 = time.perf_counter()
+            c = np.diff(self._calls)  # prefill, then each decode (incl. sampling the token it predicts)
+            self.timings.append({"tokenize": t1 - t0, "prefill": float(c[0]), "decode": c[1:].tolist(),
+                                 "detokenize": t3 - t2, "tick": t3 - t0})
+            self._calls = None
+        return out
 
     # ------------------------------------------------------------------ token level
     def act_tokens(self, step: TimestepTokens) -> np.ndarray:
         """Feed one timestep's observation tokens (actions unknown) and sample its A action tokens."""
-        cfg, S, obs_len = self.cfg, self.ctx.S, self.ctx.obs_len
+        cfg, S, obs, K, P = self.cfg, self.ctx.S, self.ctx.obs_len, self.cfg.window_steps, self.cfg.prefix_slots
         t = self._t
         first = self._pending is None
-        k = 0 if first else 1
-        offs = self._tick_offsets[k]
-        steps = np.full(len(offs), t, np.int64)
-        tokens = np.empty(len(offs), np.int64)
-        tokens[k:] = step.tokens[0, :obs_len]
-        patches = np.zeros((len(offs), cfg.patch_dim), np.float32)
-        patches[k + self.ctx.image_slots] = step.patches[0]
+        name = "tick0" if first else "tick"
+        io, k = self._io[name], 0 if first else 1
+        base = (t % K) * S  # ring slot of this timestep's first token
+
+        # Rotary tables of this tick's positions: [last action of t-1], observation and action offsets of t.
+        pos = t * S + np.arange(S)
+        cos, sin = rope_full(*rope_tables(np.concatenate(([t * S - 1], pos)), cfg.head_dim, cfg.rope_base))
+        # Ring visibility for queries of step t: slots holding steps in (t-K, t]; the previous tick's last action
+        # (step t-1) also sees step t-K, whose slots this tick overwrites.
+        rs = self._ring_step
+        vis_t = np.where((rs >= 0) & (rs > t - K), 0.0, NEG_INF).astype(np.float32)
+        mask = io["mask"]
+        mask[:, :P] = self._prefix_mask
+        mask[k:, P:self._C] = vis_t
+        io["tokens"][k:] = step.tokens[0, :obs]
+        io["patches"][k + self.ctx.image_slots] = step.patches[0]
+        io["rope_cos"][k:], io["rope_sin"][k:] = cos[1:obs + 1], sin[1:obs + 1]
         if not first:
-            steps[0] = t - 1
-            tokens[0] = self._pending
-        feeds = dict(self._tick_const[k], tokens=tokens, patches=patches)
-        logits = self._run("prefill", feeds, steps, offs)
-        out = np.empty(cfg.spec.action_size, np.int64)
-        for j in range(cfg.spec.action_size):
-            out[j] = self._sample(logits)
-            if j + 1 < cfg.spec.action_size:
-                logits = self._run("decode", {"tokens": out[j:j + 1]}, np.array([t]), np.array([obs_len + j]))
-        self._pending = int(out[-1])
+            mask[0, P:self._C] = np.where((rs >= 0) & (rs > t - 1 - K), 0.0, NEG_INF)
+            io["tokens"][0] = self._pending
+            io["rope_cos"][0], io["rope_sin"][0] = cos[0], sin[0]
+        out = self._call(name)
+        new_k, new_v = out["new_k"], out["new_v"]
+        if not first:  # previous tick's last action -> its own timestep's slot
+            a = ((t - 1) % K) * S + self._a_last
+            self.ring_k[:, :, :, a] = new_k[:, :, 0]
+            self.values[:, :, P + a] = new_v[:, :, 0]
+            rs[a] = t - 1
+        self.ring_k[:, :, :, base:base + obs] = new_k[:, :, k:].transpose(0, 1, 3, 2)
+        self.values[:, :, P + base:P + base + obs] = new_v[:, :, k:]
+        rs[base:base + obs] = t
+        calls = self._calls
+        if calls is not None:
+            calls.append(time.perf_counter())
+
+        # Decodes: every cached slot visible to step t, plus the token itself.
+        dec = self._io["decode"]
+        dmask = dec["mask"]
+        dmask[0, :P] = self._prefix_mask
+        dmask[0, P:self._C] = vis_t
+        dmask[0, P + base:P + base + obs] = 0.0
+        if not first:
+            dmask[0, P + a] = 0.0
+        dout = self._out["decode"]
+        logits = out["logits"]
+        A = cfg.spec.action_size
+        acts = np.empty(A, np.int64)
+        for j in range(A):
+            acts[j] = self._sample(logits)
+            if j + 1 == A:
+                break
+            slot = base + obs + j
+            dec["tokens"][0] = acts[j]
+            dec["rope_cos"][0], dec["rope_sin"][0] = cos[1 + obs + j], sin[1 + obs + j]
+            self._call("decode")
+            self.ring_k[:, :, :, slot] = dout["new_k"][:, :, 0]
+            self.values[:, :, P + slot] = dout["new_v"][:, :, 0]
+            rs[slot] = t
+            dmask[0, P + slot] = 0.0
+            logits = dout["logits"]
+            if calls is not None:
+                calls.append(time.perf_counter())
+        self._pending = int(acts[-1])
         self._t = t + 1
-        return out
+        return acts
 
     def _sample(self, logits: np.ndarray) -> int:
         """Greedy by default; with a temperature, a draw from softmax(logits / temperature)."""
@@ -246,56 +335,38 @@ class RuntimePolicy:
         p = np.exp(z)
         return int(self._rng.choice(z.size, p=p / p.sum())) + self.tok.bin_offset
 
-    def _run(self, graph: str, feeds: dict[str, np.ndarray], steps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Run an episode-token call: tokens at (steps, offsets); write their K/V into the ring; return logits."""
-        cfg, S, K = self.cfg, self.ctx.S, self.cfg.window_steps
-        pos = steps * S + offsets
-        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_base)
-        # A ring slot is visible to a query of step s iff it holds a step in (s - K, s]; all cached tokens precede.
-        rs = self._ring_step
-        mask_ring = np.where((rs[None, :] >= 0) & (steps[:, None] - rs[None, :] < K), 0.0, NEG_INF)
-        T = len(pos)
-        feeds.update(rope_cos=cos, rope_sin=sin, mask_prefix=np.broadcast_to(self._prefix_mask, (T, cfg.prefix_slots)),
-                     mask_ring=mask_ring.astype(np.float32))
-        if graph == "decode":
-            feeds["mask_new"] = self._decode_mask_new
-        logits, new_k, new_v = self._call(graph, feeds)
-        slots = (steps % K) * S + offsets
-        for l in range(cfg.n_layers):
-            self.cache[f"ring_k_{l}"][:, :, slots] = new_k[l].transpose(0, 2, 1)  # (H, Dh, T)
-            self.cache[f"ring_v_{l}"][:, slots, :] = new_v[l]  # (H, T, Dh)
-        self._ring_step[slots] = steps
-        return logits
-
-    def _call(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        b = self._bindings[graph]
-        for name, arr in feeds.items():
-            b.bind_cpu_input(name, np.ascontiguousarray(arr))
-        for name in ("logits", "new_k", "new_v"):  # unallocated: ORT sizes them per call (T varies)
-            b.bind_output(name, "cpu")
-        self.sessions[graph].run_with_iobinding(b)
-        return b.copy_outputs_to_cpu()
+    def _call(self, name: str) -> dict[str, np.ndarray]:
+        """Run a pre-bound call; its outputs land in the preallocated arrays returned."""
+        self.sessions["decode" if name == "decode" else "prefill"].run_with_iobinding(self._bind[name])
+        return self._out[name]
 
     def _encode_prefix(self) -> None:
         """Encode the instruction (and prompt) into the prefix buffers: one prefill call, no rotary positions."""
         cfg = self.cfg
-        ctx = self.ctx.build(self.ctx.text_ids(self.instruction), self.tok.tokenize_steps(
+        empty = self.tok.tokenize_steps(
             {k: np.zeros((0, *s), np.uint8 if k == "image" else np.float64) for k, s in self._obs_shapes().items()},
-            np.zeros((0, cfg.spec.action_size)), cfg.spec), 0, self._prompt, n_steps=0)
+            np.zeros((0, cfg.spec.action_size)), cfg.spec)
+        ctx = self.ctx.build(self.ctx.text_ids(self.instruction), empty, 0, self._prompt, n_steps=0)
         n = int(ctx["valid"].sum())  # prefix tokens are contiguous from slot 0
         self._prefix_mask.fill(NEG_INF)
-        for l in range(cfg.n_layers):
-            self.cache[f"prefix_k_{l}"].fill(0.0)
-            self.cache[f"prefix_v_{l}"].fill(0.0)
-        feeds = {name: ctx[name][:n] for name in ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin",
-                                                  "prefix_pos", "rope_cos", "rope_sin")}
-        feeds["mask_prefix"] = np.full((n, cfg.prefix_slots), NEG_INF, np.float32)
-        feeds["mask_ring"] = np.full((n, cfg.ring_slots), NEG_INF, np.float32)
-        feeds["mask_new"] = np.triu(np.full((n, n), NEG_INF, np.float32), 1)
-        _, new_k, new_v = self._call("prefill", feeds)
-        for l in range(cfg.n_layers):
-            self.cache[f"prefix_k_{l}"][:, :, :n] = new_k[l].transpose(0, 2, 1)
-            self.cache[f"prefix_v_{l}"][:, :n, :] = new_v[l]
+        self.prefix_k.fill(0.0)
+        self.values[:, :, :cfg.prefix_slots].fill(0.0)
+        feeds = {name: np.ascontiguousarray(ctx[name][:n]) for name in
+                 ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")}
+        feeds["rope_cos"], feeds["rope_sin"] = rope_full(ctx["rope_cos"][:n], ctx["rope_sin"][:n])
+        mask = np.full((n, self._C + n), NEG_INF, np.float32)  # nothing cached yet: causal among the prefix
+        mask[:, self._C:] = np.triu(np.full((n, n), NEG_INF, np.float32), 1)
+        feeds["mask"] = mask
+        b = self.sessions["prefill"].io_binding()
+        for k, arr in feeds.items():
+            b.bind_cpu_input(k, arr)
+        self._bind_cache(b)
+        for k in ("logits", "new_k", "new_v"):
+            b.bind_output(k, "cpu")
+        self.sessions["prefill"].run_with_iobinding(b)
+        _, new_k, new_v = b.copy_outputs_to_cpu()
+        self.prefix_k[:, :, :, :n] = new_k.transpose(0, 1, 3, 2)
+        self.values[:, :, :n] = new_v
         self._prefix_mask[:n] = 0.0
 
     # ------------------------------------------------------------------ observations

@@ -117,6 +117,12 @@ def rope_tables(positions: np.ndarray, head_dim: int, base: float) -> tuple[np.n
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
+def rope_full(cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-width tables for the exported graphs: cos_f = [cos, cos], sin_f = [-sin, sin] (..., head_dim), so that
+    rope(x) = x * cos_f + swap_halves(x) * sin_f -- the same products and sums as the rotate-half form."""
+    return np.concatenate((cos, cos), -1), np.concatenate((-sin, sin), -1)
+
+
 def patch_position_bins(rows: np.ndarray, cols: np.ndarray, grid: tuple[int, int], pos_bins: int,
                         rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Gato App. C.2 patch position encodings: patch row r of n spans [r/n, (r+1)/n), quantised to `pos_bins`

@@ -169,7 +169,7 @@ def test_config_graph_mismatch_fails_at_load(bundle, tmp_path):
     meta = json.loads((b / "gato.json").read_text())
     meta["model"]["window_steps"] = 5
     (b / "gato.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"prefill.onnx: input 'mask_ring'"):
+    with pytest.raises(BundleError, match=r"prefill.onnx: input 'ring_k_0' is float32 \(4, 16, 114\), gato.json's model config implies float32 \(4, 16, 190\)"):
         RuntimePolicy.load(b)
     (b / "gato.json").write_text("{not json")
     with pytest.raises(BundleError, match="gato.json: not valid JSON"):

@@ -6,7 +6,7 @@ import torch
 from gato_ros.model.config import GatoConfig, preset
 from gato_ros.model.data import EpisodeSequences, check_episodes, fit_normalizer, synthetic_episodes
 from gato_ros.model.model import GatoModel
-from gato_ros.sequence import ActionNormalizer, ContextBuilder, patch_position_bins, rope_tables
+from gato_ros.sequence import ActionNormalizer, patch_position_bins, rope_full, rope_tables
 
 
 def test_presets_sizes():
@@ -88,36 +88,39 @@ def test_cached_forward_equals_full_forward():
     with torch.no_grad():
         want = model({k: torch.from_numpy(v)[None] for k, v in full.items()})[0]  # (L, nb)
     H, Dh, P, R, L = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots, cfg.n_layers
-    cache = [torch.zeros(s) for _ in range(L) for s in ((H, Dh, P), (H, P, Dh), (H, Dh, R), (H, R, Dh))]
-    prefix_ok = torch.full((P,), float("-inf"))
+    C = P + R
+    cache = [torch.zeros(s) for _ in range(L) for s in ((H, Dh, P), (H, Dh, R), (H, C, Dh))]
+    visible = torch.full((C,), float("-inf"))  # prefix part
     ring_step = torch.full((R,), -1)
-    names = ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos", "rope_cos", "rope_sin")
+    names = ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")
     n = int(full["is_prefix"].sum())
     # Prefix call, then one call per token of the episode (decode-like, the strictest case).
     order = [np.arange(n)] + [np.array([i]) for i in range(P, len(full["tokens"]))]
     for idx in order:
         feeds = [torch.from_numpy(full[k][idx]) for k in names]
+        cos, sin = (torch.from_numpy(a) for a in rope_full(full["rope_cos"][idx], full["rope_sin"][idx]))
         T_new = len(idx)
         is_prefix = bool(full["is_prefix"][idx[0]])
         st = torch.from_numpy(full["step"][idx])
-        m_ring = torch.where((ring_step[None] >= 0) & (st[:, None] - ring_step[None] < cfg.window_steps), 0.0,
-                             float("-inf"))
-        if is_prefix:
-            m_ring = torch.full((T_new, R), float("-inf"))
-        m_new = torch.triu(torch.full((T_new, T_new), float("-inf")), 1)
+        mask = torch.full((T_new, C + T_new), float("-inf"))
+        mask[:, :P] = visible[:P]
+        if not is_prefix:
+            mask[:, P:C] = torch.where((ring_step[None] >= 0) & (st[:, None] - ring_step[None] < cfg.window_steps),
+                                       0.0, float("-inf"))
+        mask[:, C:] = torch.triu(torch.full((T_new, T_new), float("-inf")), 1)
         with torch.no_grad():
-            logits, k, v = model.forward_cached(*feeds, prefix_ok.expand(T_new, P), m_ring, m_new, *cache)
+            logits, k, v = model.forward_cached(*feeds, cos, sin, mask, *cache)
         if is_prefix:
             for layer in range(L):
-                cache[4 * layer][:, :, :T_new] = k[layer].transpose(1, 2)
-                cache[4 * layer + 1][:, :T_new] = v[layer]
-            prefix_ok[:T_new] = 0
+                cache[3 * layer][:, :, :T_new] = k[layer].transpose(1, 2)
+                cache[3 * layer + 2][:, :T_new] = v[layer]
+            visible[:T_new] = 0
             continue
         pos = idx[0] - P
         slot = (int(st[0]) % cfg.window_steps) * ctx.S + pos % ctx.S
         for layer in range(L):
-            cache[4 * layer + 2][:, :, slot] = k[layer][:, 0]
-            cache[4 * layer + 3][:, slot] = v[layer][:, 0]
+            cache[3 * layer + 1][:, :, slot] = k[layer][:, 0]
+            cache[3 * layer + 2][:, P + slot] = v[layer][:, 0]
         ring_step[slot] = st[0]
         torch.testing.assert_close(logits[0], want[idx[0]], atol=2e-5, rtol=0)
 
@@ -151,4 +154,4 @@ def test_loss_only_on_action_targets():
     b = data.batch(np.random.default_rng(0), 2)
     assert (b["target"] >= 0).sum() == 2 * cfg.window_steps * cfg.spec.action_size
     loss, n = model.loss({k: torch.from_numpy(v) for k, v in b.items()})
-    assert int(n) == 2 * cfg.window_steps * 7 and 5.0 < float(loss) < 9.0  # ~ln(1024) at init
+    assert int(n) == 2 * cfg.window_steps * 7 and 5.0 < loss.item() < 9.0  # ~ln(1024) at init

@@ -108,20 +108,31 @@ class CausalSelfAttention(nn.Module):
         y = (att @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, d)
         return self.proj(y)
 
-    def forward_cached(self, x, cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv):
-        """x (T, d); cos/sin (T, Dh/2); masks (T, P) (T, R) (T, T); pk (H, Dh, P), pv (H, P, Dh), rk (H, Dh, R),
-        rv (H, R, Dh). Returns y (T, d), new keys (H, T, Dh) as stored (rotated) and new values (H, T, Dh)."""
+    def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only: bool = False):
+        """x (T, d); cos_f/sin_f (T, 1, Dh) full-width rotary tables (`gato_ros.sequence.rope_full`); swap (Dh, Dh)
+        half-swap permutation; mask (T, P+R+T) additive over [prefix slots, ring slots, new tokens]; pk (H, Dh, P)
+        unrotated prefix keys, rk (H, Dh, R) rotated ring keys, v_cache (H, P+R, Dh).
+
+        Returns y (T', d) with T' = 1 if `last_only` (only the last token's output is needed: the prefill's final
+        layer) else T, and the new keys (H, T, Dh) as stored (rotated) and values (H, T, Dh)."""
         T = x.shape[0]
-        q, k, v = self.qkv(x).view(T, 3, self.h, self.dh).permute(1, 2, 0, 3)  # each (H, T, Dh)
-        q = q * (1.0 / math.sqrt(self.dh))
-        qr, kr = rope(q, cos, sin), rope(k, cos, sin)
-        s_p = q @ pk + mask_prefix  # (H, T, P): unrotated, position-free prefix
-        s_r = qr @ rk + mask_ring  # (H, T, R)
-        s_n = qr @ kr.transpose(-1, -2) + mask_new  # (H, T, T)
-        P, R = pk.shape[-1], rk.shape[-1]
-        att = torch.softmax(torch.cat((s_p, s_r, s_n), dim=-1), dim=-1)  # (H, T, P+R+T)
-        y = att[..., :P] @ pv + att[..., P:P + R] @ rv + att[..., P + R:] @ v  # (H, T, Dh)
-        return self.proj(y.transpose(0, 1).reshape(T, -1)), kr, v
+        qkv = self.qkv(x).view(T, 3, self.h, self.dh)
+        qk, v = qkv[:, :2], qkv[:, 2]  # (T, 2, H, Dh), (T, H, Dh)
+        qk_rot = qk * cos_f.unsqueeze(1) + (qk @ swap) * sin_f.unsqueeze(1)  # rope on q and k at once
+        k = qk_rot[:, 1].transpose(0, 1)  # (H, T, Dh)
+        v = v.transpose(0, 1)  # (H, T, Dh)
+        q_raw, q_rot = qk[:, 0], qk_rot[:, 0]  # (T, H, Dh)
+        if last_only:
+            q_raw, q_rot, mask = q_raw[-1:], q_rot[-1:], mask[-1:]
+        q_raw, q_rot = q_raw.transpose(0, 1), q_rot.transpose(0, 1)  # (H, T', Dh)
+        scale = 1.0 / math.sqrt(self.dh)
+        s = torch.cat(((q_raw @ pk) * scale,  # (H, T', P): unrotated, position-free prefix
+                       (q_rot @ rk) * scale,  # (H, T', R)
+                       (q_rot @ k.transpose(-1, -2)) * scale), dim=-1) + mask  # (H, T', T)
+        att = torch.softmax(s, dim=-1)
+        C = v_cache.shape[-2]
+        y = att[..., :C] @ v_cache + att[..., C:] @ v  # (H, T', Dh)
+        return self.proj(y.transpose(0, 1).reshape(y.shape[1], -1)), k, v
 
 
 class Block(nn.Module):
@@ -139,9 +150,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), cos, sin, key_is_prefix, mask)
         return x + self.mlp(self.ln2(x))
 
-    def forward_cached(self, x, cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv):
-        a, k, v = self.attn.forward_cached(self.ln1(x), cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv)
-        x = x + a
+    def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only: bool = False):
+        a, k, v = self.attn.forward_cached(self.ln1(x), cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only)
+        x = (x[-1:] if last_only else x) + a
         return x + self.mlp(self.ln2(x)), k, v
 
 
@@ -211,23 +222,31 @@ class GatoModel(nn.Module):
         return F.cross_entropy(logits, tgt), tgt.new_tensor(tgt.numel())
 
     def forward_cached(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, rope_cos, rope_sin,
-                       mask_prefix, mask_ring, mask_new, *cache):
-        """One incremental call (T new tokens, batch 1). `cache` is, per layer, (pk, pv, rk, rv).
+                       mask, *cache):
+        """One incremental call (T new tokens, batch 1), the exported prefill. `rope_cos`/`rope_sin` (T, Dh) are
+        full-width tables, `mask` (T, P+R+T); `cache` is, per layer, (prefix keys, ring keys, values).
 
         Returns logits (1, num_bins) of the last new token and the new keys/values, each (L, H, T, Dh)."""
         x = self.embed.forward_dense(tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos)
-        return self._cached_blocks(x, rope_cos, rope_sin, mask_prefix, mask_ring, mask_new, cache)
+        return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
-    def decode_cached(self, tokens, rope_cos, rope_sin, mask_prefix, mask_ring, mask_new, *cache):
+    def decode_cached(self, tokens, rope_cos, rope_sin, mask, *cache):
         """`forward_cached` for one action token (T=1): actions have no patch or position embeddings."""
         x = self.embed.token(tokens)  # (1, d)
-        return self._cached_blocks(x, rope_cos, rope_sin, mask_prefix, mask_ring, mask_new, cache)
+        return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
-    def _cached_blocks(self, x, cos, sin, mask_prefix, mask_ring, mask_new, cache):
+    def _cached_blocks(self, x, cos_f, sin_f, mask, cache):
+        dh = self.cfg.head_dim
+        half = dh // 2
+        # (Dh, Dh) permutation: (x @ swap) = [x2, x1]; with sin_f = [-sin, sin] this is rotate-half RoPE.
+        swap = torch.roll(torch.eye(dh, dtype=x.dtype), half, dims=1)
+        cos_f, sin_f = cos_f.unsqueeze(1), sin_f.unsqueeze(1)  # (T, 1, Dh)
         keys, values = [], []
+        n = len(self.blocks)
         for i, blk in enumerate(self.blocks):
-            pk, pv, rk, rv = cache[4 * i: 4 * i + 4]
-            x, k, v = blk.forward_cached(x, cos, sin, mask_prefix, mask_ring, mask_new, pk, pv, rk, rv)
+            pk, rk, v = cache[3 * i: 3 * i + 3]
+            # The last layer only needs the last token's output (its K/V come from all tokens).
+            x, k, v = blk.forward_cached(x, cos_f, sin_f, swap, mask, pk, rk, v, last_only=(i == n - 1))
             keys.append(k)
             values.append(v)
         logits = self.head(self.ln_f(x[-1:]))  # (1, num_bins): only the last token predicts an action

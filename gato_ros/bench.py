@@ -1,0 +1,237 @@
+"""Control-tick benchmark: the runtime policy against two torch peers of the same size, in one run.
+
+One tick = tokenize the observation + prefill its tokens (with the previous tick's last action) + 6 single-token
+decodes + detokenize: 38 tokens, 7 graph calls, with the context already holding a full window of history.
+
+Peers (same layers, width, heads, FF, vocabulary and context; torch eager, batch 1, same thread count):
+- `hf_transformers_kv`: Hugging Face `GPT2LMHeadModel` with its KV cache: one 32-token forward, then 6 one-token
+  forwards, greedy; the cache is cropped back after each tick so every tick sees the same history.
+- `torch_recompute`: our torch model recomputing the whole context for every action token (7 full forwards).
+
+The physical bound (issue 9): weights streamed from memory once per graph call, plus the prefill's FLOPs at the
+measured matrix-multiply rate: `bound_ms = calls * weight_bytes / mem_bw + prefill_flops / matmul_flops`;
+`bound_fraction = bound_ms / tick p50`.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _pct(xs_s: list[float]) -> dict[str, float]:
+    a = np.asarray(xs_s) * 1e3
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3),
+            "max": round(float(a.max()), 3), "mean": round(float(a.mean()), 3)}
+
+
+def machine_limits(threads: int) -> dict[str, float]:
+    """Measured memory bandwidth (GB/s, large copy: read + write) and fp32 matmul rate (GFLOP/s, numpy BLAS)."""
+    src = np.ones(32 * 2**20, np.float32)  # 128 MiB, far beyond any cache
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
+    bw = 2 * src.nbytes / best / 1e9
+    n = 1024
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    mm = min(_timed(lambda: a @ a) for _ in range(5))
+    return {"mem_bw_gbs": round(bw, 2), "matmul_gflops": round(2 * n**3 / mm / 1e9, 1)}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def model_costs(cfg) -> dict[str, float]:
+    """Bytes of weights read per graph call and FLOPs of a tick's prefill (32 tokens)."""
+    d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
+    block = 4 * d * d + 2 * d * f  # matmul weights per block
+    weights = L * block + d * cfg.tokenizer.num_bins
+    prefill_tokens = cfg.observation_tokens + 1
+    ctx = cfg.context_tokens
+    attn = L * 2 * 2 * prefill_tokens * ctx * d  # scores + weighted values
+    return {"weight_bytes": 4.0 * weights, "prefill_flops": 2.0 * weights * prefill_tokens + attn}
+
+
+def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0) -> dict[str, Any]:
+    """Time `ticks` control ticks after filling the context with `warmup` (>= window) ticks."""
+    cfg = policy.cfg
+    rng = np.random.default_rng(seed)
+    spec = cfg.spec
+    n_obs = 8
+    obs = [{"image": rng.integers(0, 256, spec.image_shape, dtype=np.uint8),
+            **{k: rng.normal(scale=0.5, size=int(spec.continuous[k])) for k in spec.continuous_keys}}
+           for _ in range(n_obs)]
+    policy.set_instruction("pick up the red cube and put it in the bin")
+    for i in range(warmup):
+        policy.act(obs[i % n_obs])
+    policy.timings = []
+    for i in range(ticks):
+        policy.act(obs[i % n_obs])
+    tm, policy.timings = policy.timings, None
+    n_dec = len(tm[0]["decode"])
+    return {
+        "tick": _pct([t["tick"] for t in tm]),
+        "breakdown_ms": {
+            "tokenize": _pct([t["tokenize"] for t in tm])["p50"],
+            "prefill": _pct([t["prefill"] for t in tm])["p50"],
+            "decode": [_pct([t["decode"][j] for t in tm])["p50"] for j in range(n_dec)],
+            "detokenize": _pct([t["detokenize"] for t in tm])["p50"],
+        },
+        "cached_tokens": int((policy._prefix_mask == 0).sum() + (policy._ring_step >= 0).sum()),
+    }
+
+
+def bench_hf(cfg, cached: int, ticks: int, warmup: int = 3) -> dict[str, float]:
+    """HF GPT-2 (eager, KV cache, batch 1) of the same size: 32-token forward + 6 single-token forwards."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hc = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_tokens + 64, n_embd=cfg.d_model,
+                    n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff)
+    model = GPT2LMHeadModel(hc).eval()
+    model.config._attn_implementation = "eager"
+    g = torch.Generator().manual_seed(0)
+    history = torch.randint(0, cfg.vocab_size, (1, cached), generator=g)
+    new = torch.randint(0, cfg.vocab_size, (1, cfg.observation_tokens + 1), generator=g)
+    n_dec = cfg.spec.action_size - 1
+    times = []
+    with torch.inference_mode():
+        past = model(history, use_cache=True).past_key_values
+        for i in range(warmup + ticks):
+            t0 = time.perf_counter()
+            out = model(new, past_key_values=past, use_cache=True)
+            tok = out.logits[:, -1:].argmax(-1)
+            for _ in range(n_dec):
+                out = model(tok, past_key_values=out.past_key_values, use_cache=True)
+                tok = out.logits[:, -1:].argmax(-1)
+            dt = time.perf_counter() - t0
+            past = out.past_key_values
+            past.crop(-(new.shape[1] + n_dec))  # transformers 5: a negative value removes that many tokens
+            if i >= warmup:
+                times.append(dt)
+    return _pct(times)
+
+
+def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
+    """Our model in torch, recomputing the whole context (prefix + window) for each of the 7 action tokens."""
+    import torch
+
+    from gato_ros.model.export import random_episode
+    from gato_ros.model.model import GatoModel
+    from gato_ros.sequence import ContextBuilder
+
+    torch.manual_seed(0)
+    model = GatoModel(cfg).eval()
+    ctx = ContextBuilder(cfg)
+    K = cfg.window_steps
+    obs = random_episode(cfg, K, 0)
+    steps = ctx.tok.tokenize_steps(obs, np.zeros((K, cfg.spec.action_size)), cfg.spec)
+    full = {k: torch.from_numpy(v)[None] for k, v in ctx.build(ctx.text_ids("pick up the red cube and put it in "
+                                                                             "the bin"), steps, 100).items()}
+    n_valid = int(full["valid"].sum())
+    keep = full["valid"][0]
+    full = {k: v[:, keep] for k, v in full.items()}
+    last = n_valid - cfg.spec.action_size  # position of the separator of the newest step
+    times = []
+    with torch.inference_mode():
+        for i in range(ticks + 1):
+            t0 = time.perf_counter()
+            for j in range(cfg.spec.action_size):
+                upto = last + j + 1
+                h = model.hidden({k: v[:, :upto] for k, v in full.items()})
+                model.head(h[:, -1]).argmax(-1)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return _pct(times)
+
+
+def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = None, ticks: int = 200,
+                  peer_ticks: int = 30, recompute_ticks: int = 5, threads: int | None = None,
+                  execution_provider: str = "auto", peers: bool = True, progress=None) -> dict[str, Any]:
+    """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle."""
+    from gato_ros.runtime import RuntimePolicy
+
+    threads = threads or min(os.cpu_count() or 1, 2)
+    say = progress or (lambda msg: None)
+    tmp = None
+    if bundle_dir is None:
+        if config is None:
+            raise ValueError("give a bundle directory or a config preset name")
+        say(f"export random {config}")
+        tmp = tempfile.TemporaryDirectory(prefix="gato_bench_")
+        bundle_dir = Path(tmp.name) / config
+        export_random(config, bundle_dir)
+    try:
+        policy = RuntimePolicy.load(bundle_dir, execution_provider=execution_provider, threads=threads)
+        cfg = policy.cfg
+        say("time runtime")
+        ours = bench_runtime(policy, ticks, warmup=cfg.window_steps + 2)
+        result: dict[str, Any] = {
+            "model": cfg.name,
+            "bundle": None if tmp else str(bundle_dir),
+            "provider": policy.provider,
+            "threads": threads,
+            "tokens_per_tick": cfg.step_tokens,
+            "graph_calls_per_tick": 1 + len(ours["breakdown_ms"]["decode"]),
+            "context_tokens": cfg.context_tokens,
+            "cached_tokens": ours["cached_tokens"],
+            "tick_ms": ours["tick"],
+            "breakdown_ms": ours["breakdown_ms"],
+        }
+        if peers:
+            import torch
+
+            torch.set_num_threads(threads)
+            say("time hf_transformers_kv")
+            hf = bench_hf(cfg, ours["cached_tokens"], peer_ticks)
+            say("time torch_recompute")
+            rc = bench_torch_recompute(cfg, recompute_ticks)
+            result["peers"] = {"hf_transformers_kv": hf, "torch_recompute": rc}
+            result["speedup_vs_hf"] = round(hf["p50"] / ours["tick"]["p50"], 2)
+            result["speedup_vs_hf_p99"] = round(hf["p99"] / ours["tick"]["p99"], 2)
+        say("measure machine")
+        lim = machine_limits(threads)
+        costs = model_costs(cfg)
+        calls = result["graph_calls_per_tick"]
+        bound = (calls * costs["weight_bytes"] / (lim["mem_bw_gbs"] * 1e9)
+                 + costs["prefill_flops"] / (lim["matmul_gflops"] * 1e9)) * 1e3
+        result.update({
+            "bound_ms": round(bound, 3),
+            "bound_fraction": round(bound / ours["tick"]["p50"], 3),
+            "machine": {**lim, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "weight_mb": round(costs["weight_bytes"] / 1e6, 2),
+                        "prefill_gflop": round(costs["prefill_flops"] / 1e9, 3)},
+            "ticks": ticks,
+        })
+        return result
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def export_random(config: str, out: Path, seed: int = 0) -> None:
+    """A randomly initialised preset as a bundle (graph checks on random inputs; no rollout check)."""
+    import torch
+
+    from gato_ros.model.config import preset
+    from gato_ros.model.export import export_checkpoint
+    from gato_ros.model.model import GatoModel
+    from gato_ros.sequence import ActionNormalizer
+
+    torch.manual_seed(seed)
+    cfg = preset(config)
+    model = GatoModel(cfg)
+    A = cfg.spec.action_size
+    ckpt = {"model": model.state_dict(), "config": cfg.to_dict(),
+            "normalizer": ActionNormalizer("delta", -0.1 * np.ones(A), 0.1 * np.ones(A)).to_dict(),
+            "git_commit": "random-init"}
+    export_checkpoint(ckpt, out, name=f"{config}-random", rollout_steps=0)

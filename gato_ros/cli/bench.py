@@ -1,0 +1,61 @@
+"""`gato-ros bench`: time one control tick (runtime policy) against HF GPT-2 with KV cache and a naive torch
+recompute loop of the same size, with a per-phase breakdown and the machine's physical bound.
+
+    gato-ros bench --model models/gato_arm_small --json
+    gato-ros bench --config gato-79m --ticks 30 --peer-ticks 5 --recompute-ticks 1 --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="BUNDLE", help="bundle directory (default: models/gato_arm_small if present)")
+    src.add_argument("--config", metavar="NAME", help="model preset: randomly initialised, exported to a temp bundle")
+    parser.add_argument("--ticks", type=int, default=200, help="timed runtime ticks (default %(default)s)")
+    parser.add_argument("--peer-ticks", type=int, default=30, help="timed HF GPT-2 ticks (default %(default)s)")
+    parser.add_argument("--recompute-ticks", type=int, default=5, help="timed torch recompute ticks")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads for all contenders (0: up to 2)")
+    parser.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    parser.add_argument("--no-peers", action="store_true", help="time the runtime only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from gato_ros.bench import run_benchmark
+
+    model = args.model
+    if model is None and args.config is None:
+        default = Path("models/gato_arm_small")
+        if not (default / "gato.json").is_file():
+            raise SystemExit("no --model or --config given and models/gato_arm_small is missing; "
+                             "pass --config gato-small to time a random model of the shipped size")
+        model = str(default)
+    bar = tqdm(total=None, desc="bench", disable=args.json, bar_format="{desc}: {postfix}")
+
+    def progress(msg: str) -> None:
+        bar.set_postfix_str(msg)
+
+    res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
+                        args.threads or None, args.execution_provider, not args.no_peers, progress)
+    bar.close()
+    if args.json:
+        print(json.dumps(res))
+    else:
+        t = res["tick_ms"]
+        print(f"{res['model']} on {res['provider']} ({res['threads']} threads): tick p50 {t['p50']:.2f} ms, "
+              f"p99 {t['p99']:.2f} ms, {res['tokens_per_tick']} tokens / {res['graph_calls_per_tick']} calls")
+        print(f"  breakdown (p50 ms): {res['breakdown_ms']}")
+        if "peers" in res:
+            p = res["peers"]
+            print(f"  HF GPT-2 KV cache: p50 {p['hf_transformers_kv']['p50']:.2f} ms, p99 "
+                  f"{p['hf_transformers_kv']['p99']:.2f} ms -> speedup {res['speedup_vs_hf']}x")
+            print(f"  torch recompute: p50 {p['torch_recompute']['p50']:.2f} ms")
+        print(f"  bound {res['bound_ms']:.2f} ms (fraction {res['bound_fraction']}); machine {res['machine']}")
+    return 0
