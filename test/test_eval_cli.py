@@ -86,3 +86,20 @@ def test_help_on_every_subcommand(capsys):
             main(argv)
         assert e.value.code == 0
     assert "--policy" in capsys.readouterr().out
+
+
+def test_eval_a_real_bundle(capsys, tmp_path_factory):
+    """The BUNDLE_DIR path: an untrained tiny bundle exported by the real export code, run by ONNX Runtime."""
+    from ros_support import tiny_bundle
+
+    bundle = tiny_bundle(tmp_path_factory)
+    assert main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--seed", "3", "--json",
+                 "--no-progress", "--execution-provider", "cpu"]) == 0
+    res = _json_out(capsys)
+    assert res["policy"] == str(bundle) and res["provider"] == "CPUExecutionProvider"
+    t = res["tasks"]["reach"]
+    assert t["episodes"] == 1 and 0 <= t["success_rate"] <= 1 and t["mean_steps"] >= 1
+    assert res["tick_ms"]["p50"] > 0
+    with pytest.raises(SystemExit, match="px"):
+        main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--image-size", "32",
+              "--no-progress"])

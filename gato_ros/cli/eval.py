@@ -55,9 +55,11 @@ def load_policy(spec: str, env, seed: int, execution_provider: str = "auto"):
     names = list(policy.joint_names)
     if names != env.joint_names:
         raise SystemExit(f"bundle {path} expects joints {names} but the sim has {env.joint_names}")
-    if int(policy.image_size) != env.config.image_size:
-        raise SystemExit(f"bundle {path} expects {policy.image_size}px images, the env renders "
-                         f"{env.config.image_size}px; drop --image-size or set it to {policy.image_size}")
+    size = policy.image_size
+    size = size if isinstance(size, int) else (size[0] if size[0] == size[1] else tuple(size))
+    if size != env.config.image_size:
+        raise SystemExit(f"bundle {path} expects {policy.image_size} px images, the env renders "
+                         f"{env.config.image_size} px square images; drop --image-size or set it to the bundle's")
     return policy, str(path)
 
 

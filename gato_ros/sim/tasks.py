@@ -1,6 +1,6 @@
 """Language-conditioned table-top tasks: layout sampling, instruction templates and success predicates.
 
-Both tasks share one grid of six object slots in front of the arm (two rows of three, 20-22 cm apart) so a policy
+Both tasks share one grid of six object slots in front of the arm (two rows of three, 20-24 cm apart) so a policy
 that learns where the slots are can reuse it across tasks, and each episode places its objects in randomly chosen
 slots with a small random offset and yaw. Colours and shapes are drawn so that **only the instruction picks the
 target**: the target's place, shape and colour are random, and every other object is a plausible target for a
@@ -11,8 +11,8 @@ different instruction.
 | `reach` | "reach the {colour} {shape}" | 4 objects of {cube, ball, cylinder}, one of each colour {red, green, blue, yellow} (or, with `reach_distractors="attribute"`, one sharing the target's colour and one its shape) | tool centre point within 3 cm of the target's surface |
 | `pick_place` | "put the {colour} cube in the {colour} bowl" | 3 cubes (distinct colours), 2 bowls (distinct colours) | target cube resting inside the target bowl (centre within 5.5 cm of the bowl axis, below 5 cm height) and not touching the fingers |
 
-Geometry (metres, world frame; the arm base is at the origin, the table top at z = 0): slots at x in {0.38, 0.58},
-y in {-0.12, 0.10, 0.32}; cubes 50 mm, balls 56 mm diameter, cylinders 44 mm x 90 mm, bowls 140 mm across with a
+Geometry (metres, world frame; the arm base is at the origin, the table top at z = 0): slots at x in {0.36, 0.60},
+y in {-0.10, 0.10, 0.30}; cubes 50 mm, balls 56 mm diameter, cylinders 44 mm x 90 mm, bowls 140 mm across with a
 42 mm rim (sim/scene.xml).
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 SHAPES = ("cube", "ball", "cylinder")
 POOL_SIZE = {"cube": 3, "ball": 3, "cylinder": 3, "bowl": 2}  # bodies <kind>_<i> in sim/scene.xml
 
-# (6, 2) slot centres, x then y (m). Row order: far row (x=0.38) left to right as seen from the camera, then near.
-SLOTS = np.array([[0.38, -0.12], [0.38, 0.10], [0.38, 0.32], [0.58, -0.12], [0.58, 0.10], [0.58, 0.32]])
+# (6, 2) slot centres, x then y (m). Row order: far row (x=0.36) left to right as seen from the camera, then near.
+SLOTS = np.array([[0.36, -0.10], [0.36, 0.10], [0.36, 0.30], [0.60, -0.10], [0.60, 0.10], [0.60, 0.30]])
 # Where unused pool objects wait: on a shelf behind the scene camera, outside its view.
 PARK_X, PARK_Z = 2.5, 0.0
 
