@@ -178,3 +178,13 @@ def test_image_size_is_configurable():
         assert obs["image"].shape == (96, 96, 3)
         frame = e.render_video_frame(size=192)
         assert frame.shape == (192, 192, 3)
+
+
+def test_any_control_rate_gets_whole_substeps():
+    with ArmEnv(EnvConfig(control_rate_hz=30.0)) as e:
+        assert e.substeps * e.model.opt.timestep == pytest.approx(1 / 30) and e.model.opt.timestep <= 0.002
+        obs, _ = e.reset(seed=0, options={"task": "reach"})
+        e.step(obs["joint_pos"])
+        assert e.sim_time == pytest.approx(1 / 30)
+    with pytest.raises(ValueError, match="must divide the control period"):
+        ArmEnv(EnvConfig(physics_timestep=0.003))

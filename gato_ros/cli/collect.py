@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip failed episodes (default: keep all, each marked with its success flag)")
     parser.add_argument("--video", metavar="PATH", help="also write an MP4 of the first episodes of each task")
     parser.add_argument("--video-episodes", type=int, default=2, help="episodes per task in the video (default 2)")
+    parser.add_argument("--reach-distractors", choices=["colour", "attribute"], default="colour",
+                        help="reach layouts: distinct colours (default) or distractors sharing colour/shape")
     parser.add_argument("--json", action="store_true", help="print a JSON summary (dataset info + rates) at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -60,7 +62,7 @@ def run(args) -> int:
     if args.noise < 0:
         raise SystemExit("--noise must be >= 0")
     tasks = resolve_tasks(args.task)
-    config = EnvConfig(image_size=args.image_size)
+    config = EnvConfig(image_size=args.image_size, reach_distractors=args.reach_distractors)
     env = ArmEnv(config)
     expert = ScriptedExpert(env, noise=args.noise, seed=args.seed)
     meta = {

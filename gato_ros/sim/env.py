@@ -53,7 +53,7 @@ class EnvConfig:
 
     image_size: int = 64  # camera image height = width (px); the bundle's image size
     control_rate_hz: float = 20.0  # control ticks per simulated second
-    physics_timestep: float | None = None  # s; None keeps the scene's 2 ms. Must divide the control period.
+    physics_timestep: float | None = None  # s; None: the largest <= the scene's 2 ms dividing the control period
     task: str | None = None  # task for reset() when options give none; None draws one per episode
     max_steps: int | None = None  # episode budget; None uses the task's (reach 60, pick_place 150)
     position_jitter: float = 0.015  # m, uniform offset of each object around its slot centre
@@ -95,9 +95,13 @@ class ArmEnv:
         self.config = config or EnvConfig()
         path = Path(self.config.scene_path) if self.config.scene_path else sim_dir() / "scene.xml"
         self.model = mujoco.MjModel.from_xml_path(str(path))
+        period = 1.0 / self.config.control_rate_hz
         if self.config.physics_timestep is not None:
             self.model.opt.timestep = self.config.physics_timestep
-        period = 1.0 / self.config.control_rate_hz
+        else:
+            # Keep the scene's timestep as an upper bound and shrink it so whole substeps fill one control period
+            # (20 Hz: 25 x 2 ms; 30 Hz: 17 x 1.96 ms).
+            self.model.opt.timestep = period / math.ceil(period / self.model.opt.timestep - 1e-9)
         self.substeps = int(round(period / self.model.opt.timestep))
         if abs(self.substeps * self.model.opt.timestep - period) > 1e-9:
             raise ValueError(
