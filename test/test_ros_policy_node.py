@@ -108,10 +108,11 @@ def test_commands_at_rate_with_bgr8_640x480_and_shuffled_extra_joints(running):
     t0 = time.monotonic()
     time.sleep(2.0)
     window = h.commands_since(t0)
-    # 40 ticks expected in 2 s at 20 Hz: never faster than the rate, and most ticks make it on a loaded 2-core box
-    assert 20 <= len(window) <= 42, f"{len(window)} commands in 2 s at {RATE} Hz"
+    # 40 ticks expected in 2 s at 20 Hz: never faster than the rate, one period apart (a starved CI box may drop
+    # ticks, which shows as fewer commands, not as a different spacing)
+    assert 10 <= len(window) <= 42, f"{len(window)} commands in 2 s at {RATE} Hz; {h.last_diagnostics()}"
     intervals = np.diff([t for t, _ in window])
-    assert 0.5 * PERIOD < np.median(intervals) < 1.5 * PERIOD
+    assert 0.7 * PERIOD < np.median(intervals) < 1.6 * PERIOD
     cmds = [c for _, c in h.commands]
     assert all(c.shape == (7,) for c in cmds)
     # the first command is within one step of the measured (home) position, matched by name despite the shuffle
