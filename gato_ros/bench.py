@@ -8,9 +8,11 @@ Peers (same layers, width, heads, FF, vocabulary and context; torch eager, batch
   forwards, greedy; the cache is cropped back after each tick so every tick sees the same history.
 - `torch_recompute`: our torch model recomputing the whole context for every action token (7 full forwards).
 
-The physical bound (issue 9): weights streamed from memory once per graph call, plus the prefill's FLOPs at the
-measured matrix-multiply rate: `bound_ms = calls * weight_bytes / mem_bw + prefill_flops / matmul_flops`;
-`bound_fraction = bound_ms / tick p50`.
+The physical bound (issue 9): weights streamed from memory once per decode call, plus the prefill's FLOPs at the
+measured matrix-multiply rate (ONNX Runtime's own kernel, same precision and threads):
+`bound_ms = decodes * weight_bytes / mem_bw + prefill_flops / matmul_flops`; `bound_fraction = bound_ms / p50`.
+Weights small enough to stay in the last-level cache can beat the memory term, so a fraction above 1 means the
+tick is at the hardware limit by this measure.
 """
 from __future__ import annotations
 
@@ -30,18 +32,45 @@ def _pct(xs_s: list[float]) -> dict[str, float]:
             "max": round(float(a.max()), 3), "mean": round(float(a.mean()), 3)}
 
 
-def machine_limits(threads: int) -> dict[str, float]:
-    """Measured memory bandwidth (GB/s, large copy: read + write) and fp32 matmul rate (GFLOP/s, numpy BLAS)."""
-    src = np.ones(32 * 2**20, np.float32)  # 128 MiB, far beyond any cache
+def machine_limits(threads: int, precision: str = "fp32") -> dict[str, float]:
+    """Measured memory bandwidth (GB/s, 128 MiB copy: read + write) and ONNX Runtime's matmul rate (GFLOP/s) for
+    a 256 x 1024 @ 1024 x 1024 product with `precision` weights at `threads` threads -- the kernels a tick uses."""
+    src = np.ones(32 * 2**20, np.float32)
     dst = np.empty_like(src)
     np.copyto(dst, src)
     best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
     bw = 2 * src.nbytes / best / 1e9
-    n = 1024
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    mm = min(_timed(lambda: a @ a) for _ in range(5))
-    return {"mem_bw_gbs": round(bw, 2), "matmul_gflops": round(2 * n**3 / mm / 1e9, 1)}
+    m, n = 256, 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _matmul_graph(Path(tmp), n, precision)
+        import onnxruntime as ort
+
+        from gato_ros.runtime import session_options
+
+        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((m, n), dtype=np.float32)
+        sess.run(None, {"x": x})
+        mm = min(_timed(lambda: sess.run(None, {"x": x})) for _ in range(20))
+    return {"mem_bw_gbs": round(bw, 2), "matmul_gflops": round(2 * m * n * n / mm / 1e9, 1)}
+
+
+def _matmul_graph(tmp: Path, n: int, precision: str) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((n, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp / "mm.onnx"
+    onnx.save(model, str(path))
+    if precision == "int8":
+        from gato_ros.model.quantize import quantize_int8
+
+        quantize_int8(path, tmp / "mm8.onnx")
+        return tmp / "mm8.onnx"
+    return path
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -50,7 +79,7 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def model_costs(cfg) -> dict[str, float]:
+def model_costs(cfg, precision: str = "fp32") -> dict[str, float]:
     """Bytes of weights read per graph call and FLOPs of a tick's prefill (32 tokens)."""
     d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
     block = 4 * d * d + 2 * d * f  # matmul weights per block
@@ -58,7 +87,8 @@ def model_costs(cfg) -> dict[str, float]:
     prefill_tokens = cfg.observation_tokens + 1
     ctx = cfg.context_tokens
     attn = L * 2 * 2 * prefill_tokens * ctx * d  # scores + weighted values
-    return {"weight_bytes": 4.0 * weights, "prefill_flops": 2.0 * weights * prefill_tokens + attn}
+    per = 1.0 if precision == "int8" else 4.0
+    return {"weight_bytes": per * weights, "prefill_flops": 2.0 * weights * prefill_tokens + attn}
 
 
 def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0) -> dict[str, Any]:
@@ -156,7 +186,8 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
 
 def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = None, ticks: int = 200,
                   peer_ticks: int = 30, recompute_ticks: int = 5, threads: int | None = None,
-                  execution_provider: str = "auto", peers: bool = True, progress=None) -> dict[str, Any]:
+                  execution_provider: str = "auto", peers: bool = True, progress=None,
+                  precision: str = "fp32") -> dict[str, Any]:
     """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle."""
     from gato_ros.runtime import RuntimePolicy
 
@@ -169,7 +200,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         say(f"export random {config}")
         tmp = tempfile.TemporaryDirectory(prefix="gato_bench_")
         bundle_dir = Path(tmp.name) / config
-        export_random(config, bundle_dir)
+        export_random(config, bundle_dir, precision=precision)
     try:
         policy = RuntimePolicy.load(bundle_dir, execution_provider=execution_provider, threads=threads)
         cfg = policy.cfg
@@ -177,6 +208,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         ours = bench_runtime(policy, ticks, warmup=cfg.window_steps + 2)
         result: dict[str, Any] = {
             "model": cfg.name,
+            "precision": policy.bundle.meta.get("precision", "fp32"),
             "bundle": None if tmp else str(bundle_dir),
             "provider": policy.provider,
             "threads": threads,
@@ -199,10 +231,10 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             result["speedup_vs_hf"] = round(hf["p50"] / ours["tick"]["p50"], 2)
             result["speedup_vs_hf_p99"] = round(hf["p99"] / ours["tick"]["p99"], 2)
         say("measure machine")
-        lim = machine_limits(threads)
-        costs = model_costs(cfg)
-        calls = result["graph_calls_per_tick"]
-        bound = (calls * costs["weight_bytes"] / (lim["mem_bw_gbs"] * 1e9)
+        lim = machine_limits(threads, result["precision"])
+        costs = model_costs(cfg, result["precision"])
+        decodes = result["graph_calls_per_tick"] - 1
+        bound = (decodes * costs["weight_bytes"] / (lim["mem_bw_gbs"] * 1e9)
                  + costs["prefill_flops"] / (lim["matmul_gflops"] * 1e9)) * 1e3
         result.update({
             "bound_ms": round(bound, 3),
@@ -218,7 +250,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             tmp.cleanup()
 
 
-def export_random(config: str, out: Path, seed: int = 0) -> None:
+def export_random(config: str, out: Path, seed: int = 0, precision: str = "fp32") -> None:
     """A randomly initialised preset as a bundle (graph checks on random inputs; no rollout check)."""
     import torch
 
@@ -234,4 +266,4 @@ def export_random(config: str, out: Path, seed: int = 0) -> None:
     ckpt = {"model": model.state_dict(), "config": cfg.to_dict(),
             "normalizer": ActionNormalizer("delta", -0.1 * np.ones(A), 0.1 * np.ones(A)).to_dict(),
             "git_commit": "random-init"}
-    export_checkpoint(ckpt, out, name=f"{config}-random", rollout_steps=0)
+    export_checkpoint(ckpt, out, name=f"{config}-random", rollout_steps=0, precision=precision)

@@ -174,3 +174,17 @@ def test_config_graph_mismatch_fails_at_load(bundle, tmp_path):
     (b / "gato.json").write_text("{not json")
     with pytest.raises(BundleError, match="gato.json: not valid JSON"):
         Bundle.load(b)
+
+
+def test_int8_bundle_close_to_fp32(bundle, tmp_path):
+    """The int8 variant: fp32 graphs checked first, then int8 weights; greedy actions nearly all agree."""
+    _, model, _ = bundle
+    ckpt, _ = _checkpoint()
+    meta = export_checkpoint(ckpt, tmp_path / "q", precision="int8")
+    assert meta["precision"] == "int8"
+    q = meta["export_check"]["int8"]
+    assert q["token_agreement"] >= 0.9 and q["max_abs_logit_diff"] < 1.0
+    assert meta["export_check"]["rollout"]["max_abs_logit_diff"] <= 1e-4  # the fp32 check still ran
+    policy = RuntimePolicy.load(tmp_path / "q", execution_provider="cpu")
+    obs = {k: v[0] for k, v in random_episode(model.cfg, 1, 0).items()}
+    assert policy.act(obs).shape == (7,)

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute-ticks", type=int, default=5, help="timed torch recompute ticks")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for all contenders (0: up to 2)")
     parser.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                        help="with --config: weights of the exported random model (default %(default)s)")
     parser.add_argument("--no-peers", action="store_true", help="time the runtime only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(msg)
 
     res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
-                        args.threads or None, args.execution_provider, not args.no_peers, progress)
+                        args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision)
     bar.close()
     if args.json:
         print(json.dumps(res))

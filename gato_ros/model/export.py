@@ -163,7 +163,7 @@ def random_episode(cfg: GatoConfig, steps: int, seed: int) -> dict[str, np.ndarr
 
 
 def check_rollout(model: GatoModel, bundle_dir: Path, steps: int, instruction: str = "pick up the red cube",
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, agreement: bool = False) -> dict[str, Any]:
     """Check 3: runtime (ONNX Runtime, KV ring buffer) vs torch full forward over `steps` timesteps.
 
     Returns {"max_abs_logit_diff", "steps", "tokens_equal"}; the runtime's greedy tokens are teacher-forced into
@@ -183,8 +183,11 @@ def check_rollout(model: GatoModel, bundle_dir: Path, steps: int, instruction: s
     runtime_logits = np.stack(trace).reshape(steps, cfg.spec.action_size, -1)
     torch_logits = torch_action_logits(model, instruction, obs, chosen)
     diff = float(np.max(np.abs(runtime_logits - torch_logits)))
-    equal = bool(np.array_equal(np.argmax(torch_logits, -1) + tok.bin_offset, chosen))
-    return {"max_abs_logit_diff": diff, "steps": steps, "tokens_equal": equal}
+    same = np.argmax(torch_logits, -1) + tok.bin_offset == chosen
+    out = {"max_abs_logit_diff": diff, "steps": steps, "tokens_equal": bool(same.all())}
+    if agreement:  # share of action tokens torch's greedy choice agrees with (given the same history)
+        out["token_agreement"] = float(same.mean())
+    return out
 
 
 def torch_action_logits(model: GatoModel, instruction: str, obs: dict[str, np.ndarray], action_tokens: np.ndarray,
@@ -204,8 +207,14 @@ def torch_action_logits(model: GatoModel, instruction: str, obs: dict[str, np.nd
 
 
 def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = None, rollout_steps: int | None = None,
-                      progress=None) -> dict[str, Any]:
-    """Write and check a bundle at `out` from a loaded checkpoint. Returns gato.json's content."""
+                      progress=None, precision: str = "fp32") -> dict[str, Any]:
+    """Write and check a bundle at `out` from a loaded checkpoint. Returns gato.json's content.
+
+    precision "int8": the fp32 graphs are exported and checked as usual, then replaced by int8-weight copies
+    (`gato_ros.model.quantize`); their deviation from torch (max logit difference, greedy-token agreement on the
+    cached rollout) is recorded under export_check.int8 -- closed-loop parity is for `gato-ros eval` to show."""
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision={precision!r}: choose 'fp32' or 'int8'")
     cfg = GatoConfig.from_dict(ckpt["config"])
     model = GatoModel(cfg)
     model.load_state_dict(ckpt["model"])
@@ -253,6 +262,24 @@ def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = 
                                        f"ring buffer) differs from torch: max |logit diff| = "
                                        f"{roll['max_abs_logit_diff']:.3g} > {TOLERANCE}")
         meta["export_check"] = {"tolerance": TOLERANCE, "random_inputs": report, "rollout": roll}
+        meta["precision"] = precision
+        if precision == "int8":
+            from gato_ros.model.quantize import quantize_int8
+
+            if progress:
+                progress("quantise int8")
+            for g in GRAPHS:
+                fp32 = tmp / f"{g}.fp32.onnx"
+                files[g].rename(fp32)
+                quantize_int8(fp32, files[g])
+                fp32.unlink()
+                meta["graphs"][g]["sha256"] = sha256(files[g])
+            write_meta(tmp, meta)
+            if steps > 0:
+                q = check_rollout(model, tmp, steps, agreement=True)
+                if not np.isfinite(q["max_abs_logit_diff"]):
+                    raise ExportCheckError("int8 graphs produce non-finite logits")
+                meta["export_check"]["int8"] = q
         write_meta(tmp, meta)
         torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "normalizer": normalizer.to_dict(),
                     "robot": robot, "git_commit": provenance["git_commit"]}, tmp / "model.pt")

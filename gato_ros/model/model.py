@@ -109,22 +109,21 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
     def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only: bool = False):
-        """x (T, d); cos_f/sin_f (T, 1, Dh) full-width rotary tables (`gato_ros.sequence.rope_full`); swap (Dh, Dh)
+        """x (T, d); cos_f/sin_f (T, Dh) full-width rotary tables (`gato_ros.sequence.rope_full`); swap (Dh, Dh)
         half-swap permutation; mask (T, P+R+T) additive over [prefix slots, ring slots, new tokens]; pk (H, Dh, P)
         unrotated prefix keys, rk (H, Dh, R) rotated ring keys, v_cache (H, P+R, Dh).
 
-        Returns y (T', d) with T' = 1 if `last_only` (only the last token's output is needed: the prefill's final
-        layer) else T, and the new keys (H, T, Dh) as stored (rotated) and values (H, T, Dh)."""
-        T = x.shape[0]
-        qkv = self.qkv(x).view(T, 3, self.h, self.dh)
-        qk, v = qkv[:, :2], qkv[:, 2]  # (T, 2, H, Dh), (T, H, Dh)
-        qk_rot = qk * cos_f.unsqueeze(1) + (qk @ swap) * sin_f.unsqueeze(1)  # rope on q and k at once
-        k = qk_rot[:, 1].transpose(0, 1)  # (H, T, Dh)
-        v = v.transpose(0, 1)  # (H, T, Dh)
-        q_raw, q_rot = qk[:, 0], qk_rot[:, 0]  # (T, H, Dh)
+        Head-major throughout (one transpose in, one out), so the graph has few shape ops and no transposed
+        matmul operands. Returns y (T', d) with T' = 1 if `last_only` (only the last token's output is needed:
+        the prefill's final layer) else T, and the new keys (H, T, Dh) as stored (rotated) and values (H, T, Dh)."""
+        T, H = x.shape[0], self.h
+        qkv = self.qkv(x).view(T, 3 * H, self.dh).transpose(0, 1)  # (3H, T, Dh)
+        qk, v = qkv.split((2 * H, H))  # (2H, T, Dh), (H, T, Dh)
+        qk_rot = qk * cos_f + (qk @ swap) * sin_f  # rope on q and k at once
+        q_rot, k = qk_rot.split((H, H))  # (H, T, Dh) each
+        q_raw = qk[:H]
         if last_only:
-            q_raw, q_rot, mask = q_raw[-1:], q_rot[-1:], mask[-1:]
-        q_raw, q_rot = q_raw.transpose(0, 1), q_rot.transpose(0, 1)  # (H, T', Dh)
+            q_raw, q_rot, mask = q_raw[:, -1:], q_rot[:, -1:], mask[-1:]
         scale = 1.0 / math.sqrt(self.dh)
         s = torch.cat(((q_raw @ pk) * scale,  # (H, T', P): unrotated, position-free prefix
                        (q_rot @ rk) * scale,  # (H, T', R)
@@ -240,7 +239,6 @@ class GatoModel(nn.Module):
         half = dh // 2
         # (Dh, Dh) permutation: (x @ swap) = [x2, x1]; with sin_f = [-sin, sin] this is rotate-half RoPE.
         swap = torch.roll(torch.eye(dh, dtype=x.dtype), half, dims=1)
-        cos_f, sin_f = cos_f.unsqueeze(1), sin_f.unsqueeze(1)  # (T, 1, Dh)
         keys, values = [], []
         n = len(self.blocks)
         for i, blk in enumerate(self.blocks):

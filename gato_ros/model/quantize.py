@@ -12,6 +12,7 @@ the patch convolutions, layer norms and embeddings stay fp32.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def quantize_int8(src: Path, dst: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         mid = Path(tmp) / "matmul.onnx"
         onnx.save(model, str(mid))
-        quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+        logging.disable(logging.WARNING)  # the quantiser's generic "consider pre-processing" advice
+        try:
+            quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+        finally:
+            logging.disable(logging.NOTSET)
     return n

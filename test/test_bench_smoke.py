@@ -1,0 +1,34 @@
+"""`gato-ros bench` output contract (DESIGN.md) on the tiny preset: all contenders timed in one run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gato_ros.bench import model_costs
+from gato_ros.model.config import preset
+
+
+def test_bench_config_json_contract():
+    gato = str(Path(sys.executable).parent / "gato-ros")
+    out = subprocess.run([gato, "bench", "--config", "gato-tiny", "--ticks", "20", "--peer-ticks", "3",
+                          "--recompute-ticks", "1", "--threads", "1", "--json"], check=True, capture_output=True,
+                         text=True, timeout=600).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["provider"] == "CPUExecutionProvider" and r["model"] == "gato-tiny"
+    assert r["tokens_per_tick"] == 38 and r["graph_calls_per_tick"] == 7
+    for key in ("p50", "p99"):
+        assert 0 < r["tick_ms"][key] and 0 < r["peers"]["hf_transformers_kv"][key]
+    assert r["tick_ms"]["p50"] <= r["tick_ms"]["p99"]
+    assert r["peers"]["torch_recompute"]["p50"] > 0
+    assert abs(r["speedup_vs_hf"] - r["peers"]["hf_transformers_kv"]["p50"] / r["tick_ms"]["p50"]) < 0.02 * r[
+        "speedup_vs_hf"] + 0.01
+    b = r["breakdown_ms"]
+    assert len(b["decode"]) == 6 and b["prefill"] > 0 and b["tokenize"] > 0
+    assert r["cached_tokens"] > preset("gato-tiny").ring_slots // 2  # the context holds a full window of history
+    assert r["bound_ms"] > 0 and r["bound_fraction"] > 0 and r["machine"]["mem_bw_gbs"] > 0
+
+
+def test_model_costs_scale_with_size():
+    small, big = model_costs(preset("gato-small")), model_costs(preset("gato-79m"))
+    assert 12e6 < small["weight_bytes"] < 15e6  # 3.4M matmul weights, fp32
+    assert big["weight_bytes"] > 15 * small["weight_bytes"]
