@@ -21,7 +21,7 @@ Each `episode_NNNNNN.npz` (np.savez_compressed; loads with allow_pickle=False) h
 | `joint_pos` | float64 (T, 7) | joint positions (rad x6, gripper m) at step t, order `joint_names` |
 | `joint_vel` | float64 (T, 7) | joint velocities at step t |
 | `action` | float64 (T, 7) | absolute position targets sent at step t (the training label) |
-| `meta` | 0-d unicode (JSON) | {"instruction", "task", "seed", "success", "steps", ...} |
+| `meta` | 0-d unicode (JSON) | {"instruction", "task", "seed", "success", "steps", ...}; sim episodes add "layout" (objects, target) |
 
 Observation t and action t form one training pair: the action is what the expert commanded after seeing the
 observation. Files are written to a temporary name and then linked into place under a fresh number, so a crash

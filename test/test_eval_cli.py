@@ -76,6 +76,8 @@ def test_collect_then_dataset_info(capsys, tmp_path):
     assert ep.observations["image"].shape == (len(ep), 64, 64, 3)
     assert ep.meta["source"] == "sim-expert" and ep.meta["expert"]["noise"] == 0.01
     assert ep.instruction.startswith("reach the ")
+    target = next(o for o in ep.meta["layout"]["objects"] if o["body"] == ep.meta["layout"]["target"])
+    assert ep.instruction == f"reach the {target['colour']} {target['kind']}"
     # Labels are the clean expert targets: bounded steps from one tick to the next.
     assert np.abs(np.diff(ep.actions[:, :6], axis=0)).max() <= 0.06 + 1e-9
 

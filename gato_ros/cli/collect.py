@@ -44,6 +44,17 @@ def resolve_tasks(names: list[str] | None) -> list[str]:
     return out
 
 
+def layout_dict(layout) -> dict:
+    """JSON-ready description of an episode's layout (gato_ros.sim.tasks.Layout)."""
+    from dataclasses import asdict
+
+    return {
+        "target": layout.target,
+        "receptacle": layout.receptacle,
+        "objects": [asdict(o) for o in layout.objects],
+    }
+
+
 def run(args) -> int:
     import json
     import sys
@@ -97,8 +108,11 @@ def run(args) -> int:
                 steps += r.steps
                 successes[task] += int(r.success)
                 if r.success or not args.successes_only:
+                    # Privileged layout (object kinds, colours, slots, positions; target and bowl) for analysis
+                    # and auxiliary losses; the policy itself never sees it.
+                    ep_meta = dict(meta, layout=layout_dict(env.layout))
                     write_episode(args.out, Episode(r.observations, r.actions, r.instruction, r.task, r.seed,
-                                                    r.success, meta))
+                                                    r.success, ep_meta))
                     written += 1
                 bar.update(1)
                 bar.set_postfix(task=task, steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}",

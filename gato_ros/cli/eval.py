@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", metavar="T",
                         help="task to evaluate: reach, pick_place or all (repeatable; default: all)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per task (default 20)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"env seed of episode 0 (default {DEFAULT_SEED})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"env seed of episode 0 (default {DEFAULT_SEED})")
     parser.add_argument("--reach-distractors", choices=["colour", "attribute"], default="colour",
                         help="reach layouts: distinct colours (default) or distractors sharing colour/shape")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")

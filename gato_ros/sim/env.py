@@ -79,7 +79,9 @@ class EnvConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps!r}")
         if not 0 <= self.position_jitter <= 0.05:
-            raise ValueError(f"position_jitter must be in [0, 0.05] m (slots are 20 cm apart), got {self.position_jitter}")
+            raise ValueError(
+                f"position_jitter must be in [0, 0.05] m (slots are 20 cm apart), got {self.position_jitter}"
+            )
         if self.reach_distractors not in REACH_DISTRACTORS:
             raise ValueError(f"reach_distractors must be one of {REACH_DISTRACTORS}, got {self.reach_distractors!r}")
         if not 0 <= self.yaw_jitter <= math.pi:

@@ -131,7 +131,9 @@ class ScriptedExpert:
     def _solve(self, tool_pos: np.ndarray) -> np.ndarray:
         q, residual = self._ik.solve(tool_pos, self._rot, self._cmd[:6])
         if residual > 0.005:
-            raise RuntimeError(f"expert IK cannot reach tool position {np.round(tool_pos, 3)} (residual {residual:.3f} m)")
+            raise RuntimeError(
+                f"expert IK cannot reach tool position {np.round(tool_pos, 3)} (residual {residual:.3f} m)"
+            )
         return q
 
     def _plan(self, layout) -> list[_Phase]:

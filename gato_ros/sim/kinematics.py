@@ -64,7 +64,7 @@ class ArmIK:
             cur = s.xmat.reshape(3, 3)
             err[:3] = pos - s.xpos
             # Orientation error as a world-frame rotation vector (small-angle): 0.5 * sum_i cur_i x rot_i.
-            err[3:] = 0.5 * (np.cross(cur[:, 0], rot[:, 0]) + np.cross(cur[:, 1], rot[:, 1]) + np.cross(cur[:, 2], rot[:, 2]))
+            err[3:] = 0.5 * sum(np.cross(cur[:, i], rot[:, i]) for i in range(3))
             if np.linalg.norm(err[:3]) < tol and np.linalg.norm(err[3:]) < 10 * tol:
                 break
             mujoco.mj_jacSite(m, d, self._jacp, self._jacr, s.id)
