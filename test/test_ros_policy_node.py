@@ -186,6 +186,22 @@ def test_enable_false_stops_motion_and_estop_latches(running):
     assert_safe_sequence([c for _, c in h.commands if c is not None][-3:], STEP)
 
 
+def test_image_trigger_ticks_per_image_and_still_detects_a_stopped_camera(running):
+    r = running(enable_on_start=True, instruction="reach the red ball", trigger="image", sensor_timeout_s=2 * PERIOD)
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.start_streams(camera_hz=RATE, joints_hz=50.0)
+    assert h.wait_for(lambda: len(h.commands) >= 5, timeout=20)
+    t0 = time.monotonic()
+    time.sleep(2.0)
+    cmds = h.commands_since(t0)
+    # one command per image at most (the 0.8-period rate limit), most images answered
+    assert 10 <= len(cmds) <= 2.0 / (0.8 * PERIOD) + 1
+    h.image_msg = None  # the watchdog timer still sees the camera stop
+    assert h.wait_for(lambda: "image on /camera/image_raw is" in h.last_diagnostics().get("hold_reason", ""), 5)
+    assert_safe_sequence([c for _, c in h.commands], STEP)
+
+
 def test_joint_trajectory_interface(running):
     r = running(enable_on_start=True, instruction="reach the red ball", command_interface="joint_trajectory")
     h = r.harness

@@ -231,8 +231,10 @@ def graph_arguments(bundle: str | Path, execution_provider: str = "auto") -> dic
     """Launch arguments for eval and demo: sim + policy at the bundle's rate and image size; the sim waits for
     us between episodes and the policy waits for ~/enable."""
     facts = bundle_facts(bundle)
+    # trigger:=image: the sim publishes one image per control tick, so the policy answers each observation once,
+    # one tick's latency later, as in the ROS-free loop (a free-running timer adds up to a period, by phase).
     args = {"sim": "true", "model": str(Path(bundle).resolve()), "auto_reset": "false", "enable_on_start": "false",
-            "execution_provider": execution_provider, "rate": str(facts["control_rate_hz"])}
+            "execution_provider": execution_provider, "rate": str(facts["control_rate_hz"]), "trigger": "image"}
     if facts["image_size"]:
         args["image_size"] = str(facts["image_size"])
     return args

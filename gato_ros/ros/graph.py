@@ -50,6 +50,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
         "joint_trajectory: JointTrajectory on /arm_controller/joint_trajectory",
         ("position_array", "joint_trajectory"),
     ),
+    LaunchArgument("trigger", "timer", "policy ticks on a timer, or on each new image (cameras at the control rate)",
+                   ("timer", "image")),
     LaunchArgument("use_sim_time", "false", "all nodes follow /clock (the sim publishes it)", BOOL),
     LaunchArgument(
         "enable_on_start",
@@ -163,6 +165,7 @@ def node_graph(given: dict[str, str] | None = None) -> list[NodeSpec]:
     policy: dict[str, Any] = {
         "control_rate_hz": rate,
         "command_interface": args["command_interface"],
+        "trigger": args["trigger"],
         "execution_provider": args["execution_provider"],
         "enable_on_start": enable,
         "use_sim_time": use_sim_time,

@@ -17,6 +17,7 @@ COMMAND_TOPICS = {
     "joint_trajectory": "/arm_controller/joint_trajectory",
 }
 PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
+TRIGGERS = ("timer", "image")
 
 
 @dataclass
@@ -30,6 +31,11 @@ class PolicyNodeConfig:
     driver names the joints differently (e.g. with a prefix)."""
     control_rate_hz: float = 20.0
     """Inference and command rate. The bundle's training rate is what the model expects."""
+    trigger: str = "timer"
+    """timer: tick on a timer at control_rate_hz (independent of the camera's phase). image: tick when a new image
+    arrives (at most once per 0.8 periods), for cameras or sims that publish at the control rate: the command
+    then follows its image by one tick's latency instead of up to a period more. A timer still runs at the control
+    rate in image mode, so a camera that stops is detected and reported."""
     instruction: str = ""
     """Initial instruction; a message on ~/instruction replaces it (and resets the context)."""
     image_topic: str = "/camera/image_raw"
@@ -48,6 +54,9 @@ class PolicyNodeConfig:
     when the cores are shared (gato-small on a busy 2-core machine: 13 ms p50 with 1 thread, 37 ms with 2)."""
     sensor_timeout_s: float = 0.25
     """Hold when the latest image or joint state arrived longer ago than this."""
+    check_stamps: bool = True
+    """Also hold when a message's header stamp is older than sensor_timeout_s on this node's clock (a message
+    delivered late). Needs the sensors' clocks synchronised with this computer's (or use_sim_time with /clock)."""
     max_joint_step_rad: float = 0.1
     """Largest change of a revolute joint's command per tick (0.1 rad at 20 Hz = 2 rad/s, below the UR5e's
     3.14 rad/s joint speed limit)."""
@@ -66,6 +75,8 @@ class PolicyNodeConfig:
     def __post_init__(self) -> None:
         if not self.control_rate_hz > 0:
             raise StartupError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
+        if self.trigger not in TRIGGERS:
+            raise StartupError(f"trigger {self.trigger!r} is not one of {', '.join(TRIGGERS)}")
         if self.command_interface not in COMMAND_TOPICS:
             raise StartupError(
                 f"command_interface {self.command_interface!r} is not one of {', '.join(COMMAND_TOPICS)}"

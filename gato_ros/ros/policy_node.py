@@ -105,7 +105,13 @@ class PolicyNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._timing_pub = self.create_publisher(Float64MultiArray, "~/timing", 10)
         self.period_s = 1.0 / cfg.control_rate_hz
-        self._timer = self.create_timer(self.period_s, self._tick, callback_group=inference)
+        self._last_tick = -1e9  # time.monotonic() of the last tick's start
+        self._last_trigger = -1e9
+        if cfg.trigger == "image":
+            self._image_guard = self.create_guard_condition(self._tick, callback_group=inference)
+            self._timer = self.create_timer(self.period_s, self._watchdog, callback_group=inference)
+        else:
+            self._timer = self.create_timer(self.period_s, self._tick, callback_group=inference)
         self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=sensors)
         self.get_logger().info(
             f"model {self.model_path} on {self.provider}; {len(self.joint_names)} joints; "
@@ -150,8 +156,19 @@ class PolicyNode(Node):
 
     # ---- subscriptions and services (group "sensors") --------------------------------------------------
     def _on_image(self, msg) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._image_msg, self._image_rx = msg, time.monotonic()
+            self._image_msg, self._image_rx = msg, now
+            fire = self.config.trigger == "image" and now - self._last_trigger >= 0.8 * self.period_s
+            if fire:
+                self._last_trigger = now
+        if fire:
+            self._image_guard.trigger()
+
+    def _watchdog(self) -> None:
+        """trigger:=image: tick when no image has triggered one for 1.5 periods (camera stopped: hold, report)."""
+        if time.monotonic() - self._last_tick > 1.5 * self.period_s:
+            self._tick()
 
     def _on_joints(self, msg) -> None:
         with self._lock:
@@ -209,6 +226,7 @@ class PolicyNode(Node):
     # ---- the control tick (group "inference") ---------------------------------------------------------
     def _tick(self) -> None:
         t0 = time.perf_counter()
+        self._last_tick = time.monotonic()
         self._tick_starts.append(t0)
         self.ticks += 1
         now = time.monotonic()
@@ -266,9 +284,23 @@ class PolicyNode(Node):
         timing.data = [tick_ms, e2e, 1.0 if decision.command is not None else 0.0]
         self._timing_pub.publish(timing)
 
+    def _stale(self, what: str, topic: str, msg, rx: float, now: float) -> str | None:
+        """Why a sensor message is too old to act on, or None: by arrival time, and by header stamp (unless
+        check_stamps is off or the stamp is unset); a stamp from the future is not judged here."""
+        timeout = self.config.sensor_timeout_s
+        if now - rx > timeout:
+            return f"{what} on {topic} is {now - rx:.2f} s old (sensor_timeout_s={timeout:g})"
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if self.config.check_stamps and stamp_ns > 0:
+            age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
+            if age > timeout:
+                return (f"{what} on {topic} was stamped {age:.2f} s ago (sensor_timeout_s={timeout:g}): delivered "
+                        "late, or the sensor's clock is behind this node's (synchronise the clocks, or set "
+                        "check_stamps:=false)")
+        return None
+
     def _observe(self, now, image_msg, image_rx, joint_msg, joint_rx, instruction):
         """(hold reason or None, observation, joint positions) from the latest messages."""
-        timeout = self.config.sensor_timeout_s
         joint_pos = None
         if joint_msg is None:
             return f"no joint state received on {self.config.joint_state_topic} yet", None, None
@@ -277,9 +309,9 @@ class PolicyNode(Node):
         except ConversionError as exc:
             self._error(str(exc))
             return str(exc), None, None
-        if now - joint_rx > timeout:
-            return (f"joint state on {self.config.joint_state_topic} is {now - joint_rx:.2f} s old "
-                    f"(sensor_timeout_s={timeout:g})"), None, joint_pos
+        stale = self._stale("joint state", self.config.joint_state_topic, joint_msg, joint_rx, now)
+        if stale:
+            return stale, None, joint_pos
         if self.image_hw is None:
             if not instruction:
                 return "no instruction yet: publish one on ~/instruction or set the instruction parameter", None, \
@@ -287,9 +319,9 @@ class PolicyNode(Node):
             return None, {"joint_pos": joint_pos, "joint_vel": joint_vel}, joint_pos
         if image_msg is None:
             return f"no image received on {self.config.image_topic} yet", None, joint_pos
-        if now - image_rx > timeout:
-            return (f"image on {self.config.image_topic} is {now - image_rx:.2f} s old "
-                    f"(sensor_timeout_s={timeout:g})"), None, joint_pos
+        stale = self._stale("image", self.config.image_topic, image_msg, image_rx, now)
+        if stale:
+            return stale, None, joint_pos
         if not instruction:
             return "no instruction yet: publish one on ~/instruction or set the instruction parameter", None, joint_pos
         try:
