@@ -4,7 +4,8 @@
     /joint_states ────────────────────┤  its arrival time; never wait on inference
     ~/instruction ────────────────────┘
                                       │
-           timer @ control_rate_hz (callback group "inference", MultiThreadedExecutor)
+    timer @ control_rate_hz, or each new image with trigger:=image (callback group "inference",
+    MultiThreadedExecutor)
                                       ▼
     staleness check ─> Image -> RGB (resize to the bundle's size), JointState -> by name
                      ─> RuntimePolicy.act(obs) ─> SafetyFilter.step ─┬─> /position_controller/commands

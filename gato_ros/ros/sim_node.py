@@ -82,9 +82,12 @@ class SimNode(Node):
     def __init__(self, node_name: str = "gato_sim", **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self.config = declare_config(self, SimNodeConfig)
-        from gato_ros.sim.tasks import TASKS  # mujoco is imported here, not when the module is imported
+        from gato_ros.sim.env import JOINT_NAMES  # mujoco is imported here, not when the module is imported
+        from gato_ros.sim.tasks import TASKS
 
         self._task_names = sorted(TASKS)
+        self.joint_names = list(JOINT_NAMES)  # command order; set before any command callback can run
+        self._sim_clock = 0.0  # s of sim time since start, monotonic across episodes
         self._check_task(self.config.task)
         self._lock = threading.Lock()
         self._command: np.ndarray | None = None
@@ -203,9 +206,9 @@ class SimNode(Node):
 
             cfg = self.config
             self.env = ArmEnv(EnvConfig(image_size=int(cfg.image_size), control_rate_hz=float(cfg.rate_hz)))
-            self.joint_names = self.env.joint_names
+            if self.env.joint_names != self.joint_names:
+                raise RuntimeError(f"the env's joints {self.env.joint_names} differ from {self.joint_names}")
             self._camera_info = self._make_camera_info()
-            self._sim_clock = 0.0  # s of sim time since start, monotonic across episodes
             self._reset()
         except BaseException as exc:  # reported by the constructor
             self._startup_error = exc
