@@ -143,6 +143,7 @@ def test_random_policy_stays_in_limits_and_fails(env):
         if terminated or truncated:
             break
     assert truncated and not info["success"]
+    assert not any(int(w.number) for w in env.data.warning), "MuJoCo warnings while a random policy flails"
 
 
 def test_camera_intrinsics_project_an_object_onto_its_pixels(env):
