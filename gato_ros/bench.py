@@ -126,7 +126,7 @@ def bench_hf(cfg, cached: int, ticks: int, warmup: int = 3) -> dict[str, float]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hc = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_tokens + 64, n_embd=cfg.d_model,
-                    n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff)
+                    n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(hc).eval()
     model.config._attn_implementation = "eager"
     g = torch.Generator().manual_seed(0)
@@ -134,7 +134,10 @@ def bench_hf(cfg, cached: int, ticks: int, warmup: int = 3) -> dict[str, float]:
     new = torch.randint(0, cfg.vocab_size, (1, cfg.observation_tokens + 1), generator=g)
     n_dec = cfg.spec.action_size - 1
     times = []
-    with torch.inference_mode():
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers 5 deprecation notices about the cache argument name
         past = model(history, use_cache=True).past_key_values
         for i in range(warmup + ticks):
             t0 = time.perf_counter()
