@@ -111,7 +111,7 @@ class ArmEnv:
                 f"(control_rate_hz={self.config.control_rate_hz})"
             )
         size = self.config.image_size
-        # The offscreen buffer must hold the image; the scene keeps it small because llvmpipe clears all of it.
+        # The offscreen buffer must hold the image (the scene's is 256x256; its size did not change render time).
         self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, size)
         self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, size)
         self.data = mujoco.MjData(self.model)
