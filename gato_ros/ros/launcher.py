@@ -68,14 +68,15 @@ class GraphProcesses:
         for name, cmd in self.commands().items():
             if self.echo:
                 proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        bufsize=1)
+                                        bufsize=1, preexec_fn=_default_signals)
                 pump = threading.Thread(target=_pump, args=(proc.stdout, f"[{name}] "), daemon=True)
                 pump.start()
                 self._pumps.append(pump)
             else:
                 log = open(self.log_dir / f"{name}.log", "w")
                 self._logs.append(log)
-                proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=_default_signals)
             self.procs[name] = proc
         return self
 
@@ -140,6 +141,12 @@ class GraphProcesses:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _default_signals() -> None:
+    """In the child: SIGINT back to its default, so a node started from a background shell job (which ignores
+    SIGINT, and children inherit that) still shuts down cleanly when we send it SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _pump(stream: IO[str], prefix: str) -> None:
