@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gato_ros.cli import main
+from gato_ros.dataset import EpisodeDataset, dataset_info
 from gato_ros.evaluation import wilson_interval
 
 
@@ -68,8 +69,12 @@ def test_collect_then_dataset_info(capsys, tmp_path):
     info = _json_out(capsys)
     assert info["episodes"] == 3 and info["fps"] == 20.0 and set(info["tasks"]) == {"reach"}
     assert info["steps"] == summary["env_steps"]
+    # Appending episodes of another image size to the same directory is refused before any work is done.
+    with pytest.raises(SystemExit, match="image_size"):
+        main(["collect", "--task", "reach", "--episodes", "1", "--out", str(out), "--image-size", "32",
+              "--no-progress"])
+    assert dataset_info(out)["episodes"] == 3
 
-    from gato_ros.dataset import EpisodeDataset
 
     ds = EpisodeDataset(out)
     ep = ds[0]

@@ -64,7 +64,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from gato_ros.dataset import Episode, dataset_info, git_commit, write_episode
+    from gato_ros.dataset import Episode, dataset_info, git_commit, init_dataset, write_episode
     from gato_ros.sim import ArmEnv, EnvConfig, ScriptedExpert
     from gato_ros.sim.rollout import run_episode
 
@@ -88,6 +88,10 @@ def run(args) -> int:
                    "max_gripper_step": expert.max_gripper_step},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    try:
+        init_dataset(args.out, meta)  # refuse an incompatible existing dataset before collecting anything
+    except ValueError as e:
+        raise SystemExit(f"gato-ros collect: {e}")
     video = None
     if args.video:
         from gato_ros.sim.video import VideoWriter
