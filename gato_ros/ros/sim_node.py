@@ -48,7 +48,9 @@ from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
 
 @dataclass
 class SimNodeConfig:
-    """Parameters of the sim node. ROS parameters mirror these fields: same names, same defaults."""
+    """Parameters of the sim node. ROS parameters mirror these fields: same names, same defaults. task, seed,
+    max_steps, auto_reset and reset_delay_s may be changed at run time (they apply from the next episode); the
+    others are read at start-up."""
 
     rate_hz: float = 20.0
     """Control rate: one env step (and one set of sensor messages) per period, in real time."""
