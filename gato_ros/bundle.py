@@ -19,8 +19,8 @@ Graph interface (H heads, Dh head dim, P prefix slots, R ring slots, L layers; s
 inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `local_pos`, `row_bin`, `col_bin`,
 `prefix_pos` (T,) int64, `rope_cos`, `rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask`
 (T, P+R+T) f32 additive over [prefix slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P)
-unrotated, `ring_k_l` (H, Dh, R) rotated, `value_l` (H, P+R, Dh); outputs `logits` (1, num_bins) of the last
-token, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes `tokens` (1,), the rope tables, the mask with T = 1
+unrotated, `ring_k_l` (H, Dh, R) rotated, `value_l` (H, P+R, Dh); outputs `logits` (min(T, A), num_bins) of the last
+A = action_size tokens, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes `tokens` (1,), the rope tables, the mask with T = 1
 and the cache.
 """
 from __future__ import annotations
@@ -71,7 +71,8 @@ def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
 def graph_outputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
     T = "T" if graph == "prefill" else 1
     kv = (cfg.n_layers, cfg.n_heads, T, cfg.head_dim)
-    return [("logits", "float32", (1, cfg.tokenizer.num_bins)), ("new_k", "float32", kv), ("new_v", "float32", kv)]
+    rows = "T" if graph == "prefill" else 1  # min(T, action_size): the last tokens' action logits
+    return [("logits", "float32", (rows, cfg.tokenizer.num_bins)), ("new_k", "float32", kv), ("new_v", "float32", kv)]
 
 
 def sha256(path: Path) -> str:

@@ -3,19 +3,22 @@
 One control tick (`act`), for timestep t with S tokens per step (38 by default):
 
 ```
-observation -> tokenizer -> prefill [a7(t-1), 16 patches, 14 joint values, separator]  (32 tokens, 1 call)
-            -> logits -> a1 -> decode a1 -> a2 -> ... -> decode a6 -> a7                (6 calls)
+observation -> tokenizer -> call 1: [a7(t-1), 16 patches, 14 joint values, separator, guesses g1..g6]
+            -> logits at separator, g1..g6 -> a1 is certain; a(j+1) is certain while gj == aj
+            -> further calls [last certain token, new guesses] until all 7 are certain (exact greedy, see act_tokens)
             -> 7 action bins -> [-1, 1] -> joint targets (normaliser; + joint_pos in delta mode) -> clip to limits
 ```
-The last action token of a tick is fed in with the next tick's prefill (its keys and values are only needed by
-later tokens), so a tick is 7 graph calls for 38 tokens.
+The guesses are the previous tick's actions: a smoothly moving arm needs one pass over the weights per tick
+(at most 7, as with one call per action token; `jacobi = False` or a temperature gives exactly that). The last
+action token of a tick is fed in with the next tick's first call (only later tokens need its keys and values).
 
 KV cache (`gato_ros.sequence` explains why this equals the trained model): per layer, a prefix buffer of P slots
 (instruction + optional Gato prompt, written once per episode by `set_instruction` / `set_prompt`) and a ring
 of R = window_steps * S slots; timestep t lives in ring slots [(t mod window) * S, ... + S). The graphs read the
 buffers whole, masked per query (prefix validity; ring slots whose step is inside the query's window), and
-return only the new tokens' keys/values, which are written into the numpy buffers here. The buffers are bound to
-ONNX Runtime once (IO binding over the same memory), so nothing proportional to the context is copied per call.
+return only the new tokens' keys/values; those of proven tokens are written into the numpy buffers here. The
+buffers, and each call shape's inputs and outputs, are bound to ONNX Runtime once (IO binding over the same
+memory), so nothing proportional to the context is copied per call.
 
 Imports neither torch nor rclpy (tested).
 """
@@ -134,54 +137,16 @@ class RuntimePolicy:
         self._ring_step = np.full(R, -1, np.int64)  # (R,) timestep held by each ring slot, -1 = empty
         self._a_last = S - 1  # offset of the last action token in a timestep
 
-        # Per-call inputs and outputs of the three fixed-shape calls of a tick, preallocated and bound once:
-        # "tick0" (first tick: T = obs), "tick" (T = 1 + obs: the previous tick's last action + observation),
-        # "decode" (T = 1). Only their contents change between calls.
-        lp, rb, cb = self.ctx.local_pos, self.ctx.eval_row_bin, self.ctx.eval_col_bin
-        self._io: dict[str, dict[str, np.ndarray]] = {}
-        self._bind: dict[str, ort.IOBinding] = {}
-        for name, offs in (("tick0", np.arange(obs)), ("tick", np.concatenate(([self._a_last], np.arange(obs))))):
-            T = len(offs)
-            mask = np.full((T, C + T), NEG_INF, np.float32)
-            mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
-            self._io[name] = {
-                "tokens": np.zeros(T, np.int64),
-                "patches": np.zeros((T, cfg.patch_dim), np.float32),
-                "is_image": self.ctx.is_image[offs].copy(),
-                "local_pos": lp[offs].copy(),
-                "row_bin": rb[offs].copy(),
-                "col_bin": cb[offs].copy(),
-                "prefix_pos": np.full(T, self.ctx.prefix_pad, np.int64),
-                "rope_cos": np.zeros((T, Dh), np.float32),
-                "rope_sin": np.zeros((T, Dh), np.float32),
-                "mask": mask,
-            }
-        self._io["decode"] = {
-            "tokens": np.zeros(1, np.int64),
-            "rope_cos": np.zeros((1, Dh), np.float32),
-            "rope_sin": np.zeros((1, Dh), np.float32),
-            "mask": np.zeros((1, C + 1), np.float32),  # last column: the token itself
-        }
-        self._out: dict[str, dict[str, np.ndarray]] = {}
-        for name, io in self._io.items():
-            sess = self.sessions["decode" if name == "decode" else "prefill"]
-            T = io["tokens"].shape[0]
-            b = sess.io_binding()
-            for k, arr in io.items():
-                b.bind_cpu_input(k, arr)
-            self._bind_cache(b)
-            outs = {"logits": np.zeros((1, cfg.tokenizer.num_bins), np.float32),
-                    "new_k": np.zeros((L, H, T, Dh), np.float32), "new_v": np.zeros((L, H, T, Dh), np.float32)}
-            for k, arr in outs.items():
-                b.bind_ortvalue_output(k, ort.OrtValue.ortvalue_from_numpy(arr))
-            self._out[name] = outs
-            self._bind[name] = b
-        self._obs_slots = slice(0, obs)  # offsets of the observation tokens within a timestep
+        # Episode-token calls: inputs and outputs preallocated and bound once per call shape (created on first
+        # use; a tick uses a handful of shapes), so a call only rewrites a few small arrays in place.
+        self._sets: dict[tuple, _CallSet] = {}
         self.instruction = ""
         self._prompt: TimestepTokens | None = None
         self.trace: list[np.ndarray] | None = None  # when a list, every sampled action's logits are appended
         self.timings: list[dict] | None = None  # when a list, `act` appends its phase times (s) (benchmark)
         self._calls: list[float] | None = None
+        self.jacobi = True  # exact parallel greedy decoding (see `act_tokens`); False: one call per action token
+        self.graph_calls = 0  # episode-token graph calls so far (benchmark statistics)
         self.reset()
 
     def _bind_cache(self, b: ort.IOBinding) -> None:
@@ -206,6 +171,7 @@ class RuntimePolicy:
         """Start a new episode: clear the timestep ring, keep (re-encode) the instruction and prompt prefix."""
         self._t = 0
         self._pending: int | None = None  # last action token of the previous tick, not yet in the cache
+        self._last_actions: np.ndarray | None = None  # previous tick's action tokens: the Jacobi guesses
         self._ring_step.fill(-1)
         self._encode_prefix()
 
@@ -254,75 +220,110 @@ class RuntimePolicy:
 
     # ------------------------------------------------------------------ token level
     def act_tokens(self, step: TimestepTokens) -> np.ndarray:
-        """Feed one timestep's observation tokens (actions unknown) and sample its A action tokens."""
-        cfg, S, obs, K, P = self.cfg, self.ctx.S, self.ctx.obs_len, self.cfg.window_steps, self.cfg.prefix_slots
-        t = self._t
-        first = self._pending is None
-        name = "tick0" if first else "tick"
-        io, k = self._io[name], 0 if first else 1
-        base = (t % K) * S  # ring slot of this timestep's first token
+        """Feed one timestep's observation tokens (actions unknown) and decode its A action tokens.
 
-        # Rotary tables of this tick's positions: [last action of t-1], observation and action offsets of t.
+        Greedy decoding is done by exact Jacobi (parallel fixed-point) iteration (Santilli et al. 2023, "Accelerating
+        Transformer Inference for Translation via Parallel Decoding"): every call feeds the known token plus guesses
+        for all later action positions and returns the prediction at each. The prediction after the last correct
+        guess is certain, so each call fixes at least one more token, and the result is token for token the
+        sequential greedy decode; only keys/values of inputs proven correct enter the cache. The first call also
+        carries the observation, with the previous tick's actions as guesses: when the arm moves smoothly a whole
+        tick costs one pass over the weights instead of A. With a temperature, tokens are sampled one call each.
+        """
+        cfg, S, obs, A = self.cfg, self.ctx.S, self.ctx.obs_len, self.cfg.spec.action_size
+        t = self._t
         pos = t * S + np.arange(S)
         cos, sin = rope_full(*rope_tables(np.concatenate(([t * S - 1], pos)), cfg.head_dim, cfg.rope_base))
-        # Ring visibility for queries of step t: slots holding steps in (t-K, t]; the previous tick's last action
-        # (step t-1) also sees step t-K, whose slots this tick overwrites.
-        rs = self._ring_step
-        vis_t = np.where((rs >= 0) & (rs > t - K), 0.0, NEG_INF).astype(np.float32)
-        mask = io["mask"]
-        mask[:, :P] = self._prefix_mask
-        mask[k:, P:self._C] = vis_t
-        io["tokens"][k:] = step.tokens[0, :obs]
-        io["patches"][k + self.ctx.image_slots] = step.patches[0]
-        io["rope_cos"][k:], io["rope_sin"][k:] = cos[1:obs + 1], sin[1:obs + 1]
-        if not first:
-            mask[0, P:self._C] = np.where((rs >= 0) & (rs > t - 1 - K), 0.0, NEG_INF)
-            io["tokens"][0] = self._pending
-            io["rope_cos"][0], io["rope_sin"][0] = cos[0], sin[0]
-        out = self._call(name)
-        new_k, new_v = out["new_k"], out["new_v"]
-        if not first:  # previous tick's last action -> its own timestep's slot
-            a = ((t - 1) % K) * S + self._a_last
-            self.ring_k[:, :, :, a] = new_k[:, :, 0]
-            self.values[:, :, P + a] = new_v[:, :, 0]
-            rs[a] = t - 1
-        self.ring_k[:, :, :, base:base + obs] = new_k[:, :, k:].transpose(0, 1, 3, 2)
-        self.values[:, :, P + base:P + base + obs] = new_v[:, :, k:]
-        rs[base:base + obs] = t
-        calls = self._calls
-        if calls is not None:
-            calls.append(time.perf_counter())
+        self._cos, self._sin = cos, sin  # row 0: previous tick's last action; row 1 + offset: this step
+        jacobi = self.temperature == 0.0 and self.jacobi
+        guess = self._last_actions[:A - 1] if (jacobi and self._last_actions is not None) else np.zeros(0, np.int64)
 
-        # Decodes: every cached slot visible to step t, plus the token itself.
-        dec = self._io["decode"]
-        dmask = dec["mask"]
-        dmask[0, :P] = self._prefix_mask
-        dmask[0, P:self._C] = vis_t
-        dmask[0, P + base:P + base + obs] = 0.0
-        if not first:
-            dmask[0, P + a] = 0.0
-        dout = self._out["decode"]
-        logits = out["logits"]
-        A = cfg.spec.action_size
-        acts = np.empty(A, np.int64)
-        for j in range(A):
-            acts[j] = self._sample(logits)
-            if j + 1 == A:
-                break
-            slot = base + obs + j
-            dec["tokens"][0] = acts[j]
-            dec["rope_cos"][0], dec["rope_sin"][0] = cos[1 + obs + j], sin[1 + obs + j]
-            self._call("decode")
-            self.ring_k[:, :, :, slot] = dout["new_k"][:, :, 0]
-            self.values[:, :, P + slot] = dout["new_v"][:, :, 0]
-            rs[slot] = t
-            dmask[0, P + slot] = 0.0
-            logits = dout["logits"]
-            if calls is not None:
-                calls.append(time.perf_counter())
+        # Call 1: [last action of t-1] + observation of t + guesses for actions 0..A-2.
+        lead = 0 if self._pending is None else 1
+        offs = np.concatenate(([self._a_last] if lead else [], np.arange(obs), obs + np.arange(len(guess))))
+        offs = offs.astype(np.int64)
+        steps = np.full(len(offs), t, np.int64)
+        steps[:lead] = t - 1
+        cs = self._set(("tick", lead, len(guess)), offs)
+        cs.io["tokens"][:lead] = self._pending if lead else 0
+        cs.io["tokens"][lead:lead + obs] = step.tokens[0, :obs]
+        cs.io["tokens"][lead + obs:] = guess
+        cs.io["patches"][lead + self.ctx.image_slots] = step.patches[0]
+        rows = self._run_set(cs, steps, offs)  # (min(T, A), nb): last rows predict actions 0..len(guess)
+        logits = rows[-(len(guess) + 1):]
+        n_ok = self._accept(logits, guess)
+        self._write(cs, steps, offs, lead + obs + n_ok)  # observation and the proven guesses
+        if self._calls is not None:
+            self._calls.append(time.perf_counter())
+        final = [self._pick(logits[i]) for i in range(n_ok + 1)]
+        preds = [int(np.argmax(r)) + self.tok.bin_offset for r in logits[n_ok + 1:]]
+
+        # Further calls: the last certain token (position p) + guesses for positions p+1..A-2.
+        while len(final) < A:
+            p = len(final) - 1
+            guess = np.asarray(preds[:A - 2 - p] if jacobi else [], np.int64)
+            offs = (obs + p + np.arange(1 + len(guess))).astype(np.int64)
+            steps = np.full(len(offs), t, np.int64)
+            cs = self._set(("act", len(offs)), offs)
+            cs.io["tokens"][0] = final[-1]
+            cs.io["tokens"][1:] = guess
+            logits = self._run_set(cs, steps, offs)  # (n, nb): row i predicts action p + 1 + i
+            n_ok = self._accept(logits, guess)
+            self._write(cs, steps, offs, 1 + n_ok)
+            final += [self._pick(logits[i]) for i in range(n_ok + 1)]
+            preds = [int(np.argmax(r)) + self.tok.bin_offset for r in logits[n_ok + 1:]]
+            if self._calls is not None:
+                self._calls.append(time.perf_counter())
+        acts = np.asarray(final[:A], np.int64)
         self._pending = int(acts[-1])
+        self._last_actions = acts
         self._t = t + 1
         return acts
+
+    def _accept(self, logits: np.ndarray, guess: np.ndarray) -> int:
+        """How many leading guesses equal the greedy prediction made just before them."""
+        n = 0
+        while n < len(guess) and int(np.argmax(logits[n])) + self.tok.bin_offset == guess[n]:
+            n += 1
+        return n
+
+    def _pick(self, logits: np.ndarray) -> int:
+        return self._sample(logits)
+
+    def _set(self, key: tuple, offsets: np.ndarray) -> "_CallSet":
+        """The pre-bound call set for an episode-token call of this shape (created once)."""
+        cs = self._sets.get(key)
+        if cs is None:
+            cs = self._sets[key] = _CallSet(self, offsets)
+        return cs
+
+    def _run_set(self, cs: "_CallSet", steps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Fill rotary rows and the mask for queries at (steps, offsets) of the current tick, run; -> logits."""
+        cfg, P, K, t = self.cfg, self.cfg.prefix_slots, self.cfg.window_steps, self._t
+        io = cs.io
+        ridx = np.where(steps < t, 0, 1 + offsets)
+        io["rope_cos"][:] = self._cos[ridx]
+        io["rope_sin"][:] = self._sin[ridx]
+        rs = self._ring_step
+        mask = io["mask"]  # (T, P + R + T); the new-token block is causal and fixed
+        mask[:, :P] = self._prefix_mask
+        # A ring slot is visible to a query of step s iff it holds a step in (s - K, s] (all cached tokens precede).
+        mask[:, P:self._C] = np.where((rs >= 0) & (rs > t - K), 0.0, NEG_INF)
+        if steps[0] < t:  # the previous tick's last action still sees step t - K
+            mask[0, P:self._C] = np.where((rs >= 0) & (rs > t - 1 - K), 0.0, NEG_INF)
+        self.sessions[cs.graph].run_with_iobinding(cs.binding)
+        self.graph_calls += 1
+        return cs.out["logits"]
+
+    def _write(self, cs: "_CallSet", steps: np.ndarray, offsets: np.ndarray, n: int) -> None:
+        """Write the keys/values of the call's first n tokens into their ring slots."""
+        if n <= 0:
+            return
+        P, S, K = self.cfg.prefix_slots, self.ctx.S, self.cfg.window_steps
+        slots = (steps[:n] % K) * S + offsets[:n]
+        self.ring_k[:, :, :, slots] = cs.out["new_k"][:, :, :n].transpose(0, 1, 3, 2)
+        self.values[:, :, P + slots] = cs.out["new_v"][:, :, :n]
+        self._ring_step[slots] = steps[:n]
 
     def _sample(self, logits: np.ndarray) -> int:
         """Greedy by default; with a temperature, a draw from softmax(logits / temperature)."""
@@ -334,11 +335,6 @@ class RuntimePolicy:
         z = (z - z.max()) / self.temperature
         p = np.exp(z)
         return int(self._rng.choice(z.size, p=p / p.sum())) + self.tok.bin_offset
-
-    def _call(self, name: str) -> dict[str, np.ndarray]:
-        """Run a pre-bound call; its outputs land in the preallocated arrays returned."""
-        self.sessions["decode" if name == "decode" else "prefill"].run_with_iobinding(self._bind[name])
-        return self._out[name]
 
     def _encode_prefix(self) -> None:
         """Encode the instruction (and prompt) into the prefix buffers: one prefill call, no rotary positions."""
@@ -396,3 +392,40 @@ class RuntimePolicy:
                 raise ValueError(f"observation['image']: dtype {v.dtype}, expected uint8 RGB")
             out[key] = v
         return out
+
+
+class _CallSet:
+    """Preallocated, pre-bound inputs and outputs of one episode-token call shape: tokens at within-timestep
+    `offsets` (observation offsets take their layout embeddings, action offsets none). One action token uses the
+    static decode graph, anything else the prefill graph."""
+
+    def __init__(self, policy: RuntimePolicy, offsets: np.ndarray):
+        cfg, ctx = policy.cfg, policy.ctx
+        T, C = len(offsets), policy._C
+        L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
+        mask = np.full((T, C + T), NEG_INF, np.float32)
+        mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
+        self.graph = "decode" if T == 1 and offsets[0] >= ctx.obs_len else "prefill"
+        io = {"tokens": np.zeros(T, np.int64)}
+        if self.graph == "prefill":
+            io.update({
+                "patches": np.zeros((T, cfg.patch_dim), np.float32),
+                "is_image": ctx.is_image[offsets].copy(),
+                "local_pos": ctx.local_pos[offsets].copy(),
+                "row_bin": ctx.eval_row_bin[offsets].copy(),
+                "col_bin": ctx.eval_col_bin[offsets].copy(),
+                "prefix_pos": np.full(T, ctx.prefix_pad, np.int64),
+            })
+        io.update({"rope_cos": np.zeros((T, Dh), np.float32), "rope_sin": np.zeros((T, Dh), np.float32),
+                   "mask": mask})
+        self.io = io
+        b = policy.sessions[self.graph].io_binding()
+        for k, arr in io.items():
+            b.bind_cpu_input(k, arr)
+        policy._bind_cache(b)
+        rows = min(T, cfg.spec.action_size)
+        self.out = {"logits": np.zeros((rows, cfg.tokenizer.num_bins), np.float32),
+                    "new_k": np.zeros((L, H, T, Dh), np.float32), "new_v": np.zeros((L, H, T, Dh), np.float32)}
+        for k, arr in self.out.items():
+            b.bind_ortvalue_output(k, ort.OrtValue.ortvalue_from_numpy(arr))
+        self.binding = b

@@ -78,6 +78,27 @@ def test_runtime_equals_torch_over_60_steps_overflowing_the_window(bundle):
     assert len(np.unique(chosen)) > 10  # not a degenerate constant policy
 
 
+def test_jacobi_decoding_equals_sequential_and_saves_calls(bundle):
+    """Exact parallel decoding: identical tokens to one-call-per-token greedy decoding; with a steady observation
+    the previous tick's actions are right guesses, so a tick takes fewer than A graph calls."""
+    out, model, _ = bundle
+    tok = GatoTokenizer(model.cfg.tokenizer)
+    obs = random_episode(model.cfg, 12, seed=5)
+    steady = {k: np.repeat(v[:1], 12, 0) for k, v in obs.items()}
+    for episode in (obs, steady):
+        runs, calls = [], []
+        for jacobi in (False, True):
+            p = RuntimePolicy.load(out, execution_provider="cpu")
+            p.jacobi = jacobi
+            p.set_instruction("go")
+            runs.append(np.stack([p.act_tokens(tok.tokenize_steps({k: v[t:t + 1] for k, v in episode.items()},
+                                                                  None, model.cfg.spec)) for t in range(12)]))
+            calls.append(p.graph_calls)
+        np.testing.assert_array_equal(runs[0], runs[1])
+        assert calls[0] == 12 * 7 and calls[1] <= calls[0]
+    assert calls[1] < calls[0]  # the steady episode: guesses hold
+
+
 def test_act_is_deterministic_after_reset_and_within_limits(bundle):
     out, _, _ = bundle
     policy = RuntimePolicy.load(out, execution_provider="cpu")

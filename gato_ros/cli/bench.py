@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                         help="with --config: weights of the exported random model (default %(default)s)")
+    parser.add_argument("--data", action="append", metavar="DIR",
+                        help="replay the observations of these episode datasets (realistic inputs; default: random)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="decode the action tokens one call each instead of exact Jacobi iteration")
     parser.add_argument("--no-peers", action="store_true", help="time the runtime only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -45,14 +49,16 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(msg)
 
     res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
-                        args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision)
+                        args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision,
+                        not args.sequential, args.data)
     bar.close()
     if args.json:
         print(json.dumps(res))
     else:
         t = res["tick_ms"]
         print(f"{res['model']} on {res['provider']} ({res['threads']} threads): tick p50 {t['p50']:.2f} ms, "
-              f"p99 {t['p99']:.2f} ms, {res['tokens_per_tick']} tokens / {res['graph_calls_per_tick']} calls")
+              f"p99 {t['p99']:.2f} ms, {res['tokens_per_tick']} tokens / {res['graph_calls_per_tick']} calls "
+              f"({res['decoding']} decoding)")
         print(f"  breakdown (p50 ms): {res['breakdown_ms']}")
         if "peers" in res:
             p = res["peers"]

@@ -108,22 +108,23 @@ class CausalSelfAttention(nn.Module):
         y = (att @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, d)
         return self.proj(y)
 
-    def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only: bool = False):
+    def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_n: int = 0):
         """x (T, d); cos_f/sin_f (T, Dh) full-width rotary tables (`gato_ros.sequence.rope_full`); swap (Dh, Dh)
         half-swap permutation; mask (T, P+R+T) additive over [prefix slots, ring slots, new tokens]; pk (H, Dh, P)
         unrotated prefix keys, rk (H, Dh, R) rotated ring keys, v_cache (H, P+R, Dh).
 
         Head-major throughout (one transpose in, one out), so the graph has few shape ops and no transposed
-        matmul operands. Returns y (T', d) with T' = 1 if `last_only` (only the last token's output is needed:
-        the prefill's final layer) else T, and the new keys (H, T, Dh) as stored (rotated) and values (H, T, Dh)."""
+        matmul operands. Returns y (T', d) with T' = min(T, last_n) if `last_n` (only the last tokens' outputs are
+        needed: the prefill's final layer) else T, and the new keys (H, T, Dh) as stored (rotated) and values
+        (H, T, Dh)."""
         T, H = x.shape[0], self.h
         qkv = self.qkv(x).view(T, 3 * H, self.dh).transpose(0, 1)  # (3H, T, Dh)
         qk, v = qkv.split((2 * H, H))  # (2H, T, Dh), (H, T, Dh)
         qk_rot = qk * cos_f + (qk @ swap) * sin_f  # rope on q and k at once
         q_rot, k = qk_rot.split((H, H))  # (H, T, Dh) each
         q_raw = qk[:H]
-        if last_only:
-            q_raw, q_rot, mask = q_raw[:, -1:], q_rot[:, -1:], mask[-1:]
+        if last_n:
+            q_raw, q_rot, mask = q_raw[:, -last_n:], q_rot[:, -last_n:], mask[-last_n:]
         scale = 1.0 / math.sqrt(self.dh)
         s = torch.cat(((q_raw @ pk) * scale,  # (H, T', P): unrotated, position-free prefix
                        (q_rot @ rk) * scale,  # (H, T', R)
@@ -149,9 +150,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), cos, sin, key_is_prefix, mask)
         return x + self.mlp(self.ln2(x))
 
-    def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only: bool = False):
-        a, k, v = self.attn.forward_cached(self.ln1(x), cos_f, sin_f, swap, mask, pk, rk, v_cache, last_only)
-        x = (x[-1:] if last_only else x) + a
+    def forward_cached(self, x, cos_f, sin_f, swap, mask, pk, rk, v_cache, last_n: int = 0):
+        a, k, v = self.attn.forward_cached(self.ln1(x), cos_f, sin_f, swap, mask, pk, rk, v_cache, last_n)
+        x = (x[-last_n:] if last_n else x) + a
         return x + self.mlp(self.ln2(x)), k, v
 
 
@@ -225,7 +226,8 @@ class GatoModel(nn.Module):
         """One incremental call (T new tokens, batch 1), the exported prefill. `rope_cos`/`rope_sin` (T, Dh) are
         full-width tables, `mask` (T, P+R+T); `cache` is, per layer, (prefix keys, ring keys, values).
 
-        Returns logits (1, num_bins) of the last new token and the new keys/values, each (L, H, T, Dh)."""
+        Returns logits (min(T, A), num_bins) of the last A = action_size new tokens (the separator and the action
+        tokens of a tick, for parallel decoding) and the new keys/values, each (L, H, T, Dh)."""
         x = self.embed.forward_dense(tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos)
         return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
@@ -243,9 +245,10 @@ class GatoModel(nn.Module):
         n = len(self.blocks)
         for i, blk in enumerate(self.blocks):
             pk, rk, v = cache[3 * i: 3 * i + 3]
-            # The last layer only needs the last token's output (its K/V come from all tokens).
-            x, k, v = blk.forward_cached(x, cos_f, sin_f, swap, mask, pk, rk, v, last_only=(i == n - 1))
+            # The last layer only needs the outputs that predict actions (its K/V come from all tokens).
+            x, k, v = blk.forward_cached(x, cos_f, sin_f, swap, mask, pk, rk, v,
+                                         last_n=self.cfg.spec.action_size if i == n - 1 else 0)
             keys.append(k)
             values.append(v)
-        logits = self.head(self.ln_f(x[-1:]))  # (1, num_bins): only the last token predicts an action
-        return logits, torch.stack(keys), torch.stack(values)  # (1, nb), (L, H, T, Dh), (L, H, T, Dh)
+        logits = self.head(self.ln_f(x))  # (min(T, A), num_bins): action-only head on the last A tokens
+        return logits, torch.stack(keys), torch.stack(values)  # (., nb), (L, H, T, Dh), (L, H, T, Dh)
