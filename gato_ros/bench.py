@@ -201,7 +201,7 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
                                                                              "the bin"), steps, 100).items()}
     n_valid = int(full["valid"].sum())
     keep = full["valid"][0]
-    full = {k: v[:, keep] for k, v in full.items()}
+    full = {k: (v[0] if k == "patches" else v[:, keep]) for k, v in full.items()}
     last = n_valid - cfg.spec.action_size  # position of the separator of the newest step
     times = []
     with torch.inference_mode():
@@ -209,7 +209,8 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
             t0 = time.perf_counter()
             for j in range(cfg.spec.action_size):
                 upto = last + j + 1
-                h = model.hidden({k: v[:, :upto] for k, v in full.items()})
+                n_img = int(full["is_image"][:, :upto].sum())
+                h = model.hidden({k: (v[:n_img] if k == "patches" else v[:, :upto]) for k, v in full.items()})
                 model.head(h[:, -1]).argmax(-1)
             if i:
                 times.append(time.perf_counter() - t0)

@@ -348,7 +348,8 @@ class RuntimePolicy:
         self.prefix_k.fill(0.0)
         self.values[:, :, :cfg.prefix_slots].fill(0.0)
         feeds = {name: np.ascontiguousarray(ctx[name][:n]) for name in
-                 ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")}
+                 ("tokens", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")}
+        feeds["patches"] = np.ascontiguousarray(self.ctx.dense_patches(ctx)[:n])
         feeds["rope_cos"], feeds["rope_sin"] = rope_full(ctx["rope_cos"][:n], ctx["rope_sin"][:n])
         mask = np.full((n, self._C + n), NEG_INF, np.float32)  # nothing cached yet: causal among the prefix
         mask[:, self._C:] = np.triu(np.full((n, n), NEG_INF, np.float32), 1)

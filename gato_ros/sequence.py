@@ -169,6 +169,13 @@ class ContextBuilder:
             row[self.image_slots], col[self.image_slots] = r, c
         return row, col
 
+    @staticmethod
+    def dense_patches(ctx: dict[str, np.ndarray]) -> np.ndarray:
+        """(L, p*p*C) patches of a single context, zeros at non-image positions (the exported graphs' layout)."""
+        dense = np.zeros((ctx["is_image"].shape[-1], ctx["patches"].shape[-1]), np.float32)
+        dense[ctx["is_image"]] = ctx["patches"]
+        return dense
+
     def text_ids(self, instruction: str) -> np.ndarray:
         return self.tok.encode_text(instruction, max_tokens=self.cfg.max_text_tokens)
 
@@ -178,7 +185,7 @@ class ContextBuilder:
         half = self.cfg.head_dim // 2
         return {
             "tokens": np.full(L, self.tok.pad_token, np.int64),
-            "patches": np.zeros((L, self.cfg.patch_dim), np.float32),
+            "patches": np.zeros((0, self.cfg.patch_dim), np.float32),  # (n_image_positions, p*p*C), in order
             "is_image": np.zeros(L, bool),
             "local_pos": np.full(L, self.local_pad, np.int64),
             "row_bin": np.zeros(L, np.int64),
@@ -201,10 +208,8 @@ class ContextBuilder:
         out["local_pos"][sl] = np.tile(self.local_pos, n)
         out["valid"][sl] = True
         out["is_image"][sl] = np.tile(self.is_image, n)
-        if self.image_slots.size:
-            pat = out["patches"][sl].reshape(n, S, -1)
-            pat[:, self.image_slots] = steps.patches
-            out["patches"][sl] = pat.reshape(n * S, -1)
+        if self.image_slots.size:  # compact: only image positions carry pixels (steps are written in order)
+            out["patches"] = np.concatenate((out["patches"], steps.patches.reshape(-1, self.cfg.patch_dim)))
         for k in range(n):
             r, c = self.step_patch_bins(rng)
             out["row_bin"][start + k * S: start + (k + 1) * S] = r

@@ -92,7 +92,8 @@ def test_cached_forward_equals_full_forward():
     cache = [torch.zeros(s) for _ in range(L) for s in ((H, Dh, P), (H, Dh, R), (H, C, Dh))]
     visible = torch.full((C,), float("-inf"))  # prefix part
     ring_step = torch.full((R,), -1)
-    names = ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")
+    full["dense_patches"] = ctx.dense_patches(full)
+    names = ("tokens", "dense_patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")
     n = int(full["is_prefix"].sum())
     # Prefix call, then one call per token of the episode (decode-like, the strictest case).
     order = [np.arange(n)] + [np.array([i]) for i in range(P, len(full["tokens"]))]

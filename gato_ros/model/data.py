@@ -132,17 +132,22 @@ class EpisodeSequences:
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
         """`batch_size` random contexts stacked: each array gets a leading batch axis."""
-        ctx = [self.context(self.draw(rng), rng) for _ in range(batch_size)]
-        return compact({k: np.stack([c[k] for c in ctx]) for k in ctx[0]})
+        return collate([self.context(self.draw(rng), rng) for _ in range(batch_size)])
 
     def fixed_batches(self, seed: int, n_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
         """Deterministic batches with inference-time patch bins (validation)."""
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n_batches):
-            ctx = [self.context(self.draw(rng), None) for _ in range(batch_size)]
-            out.append(compact({k: np.stack([c[k] for c in ctx]) for k in ctx[0]}))
+            out.append(collate([self.context(self.draw(rng), None) for _ in range(batch_size)]))
         return out
+
+
+def collate(contexts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack contexts (compact patches are concatenated: row-major order of `is_image` is kept), then `compact`."""
+    out = {k: np.stack([c[k] for c in contexts]) for k in contexts[0] if k != "patches"}
+    out["patches"] = np.concatenate([c["patches"] for c in contexts])
+    return compact(out)
 
 
 def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -152,7 +157,7 @@ def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep = batch["valid"].any(axis=0)
     if keep.all():
         return batch
-    return {k: v[:, keep] for k, v in batch.items()}
+    return {k: (v if k == "patches" else v[:, keep]) for k, v in batch.items()}  # image positions are all valid
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -72,10 +72,11 @@ class GatoEmbedding(nn.Module):
         self.patch = PatchEmbedding(cfg)
 
     def forward(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos) -> torch.Tensor:
-        """All inputs (..., T) except patches (..., T, p*p*C). Patches are embedded only where `is_image`."""
+        """All inputs (..., T) except patches: (n_img, p*p*C) (any leading axes), the pixels of the image
+        positions in row-major order of `is_image` -- compact, as `gato_ros.sequence.ContextBuilder` builds them."""
         x = self.token(tokens)  # (..., T, d)
         if bool(is_image.any()):
-            img = self.patch(patches[is_image], row_bin[is_image], col_bin[is_image])  # (n_img, d)
+            img = self.patch(patches.reshape(-1, patches.shape[-1]), row_bin[is_image], col_bin[is_image])
             x = x.masked_scatter(is_image.unsqueeze(-1), img.to(x.dtype))
         return x + self.local(local_pos) + self.prefix(prefix_pos)
 
