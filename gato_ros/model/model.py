@@ -96,15 +96,19 @@ class CausalSelfAttention(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, key_is_prefix, mask):
-        """x (B, T, d); cos/sin (B, T, Dh/2); key_is_prefix (B, T) bool; mask (B, T, T) additive."""
+        """x (B, T, d); cos/sin (B, T, Dh/2); key_is_prefix (B, T) bool, prefix positions leading; mask (B, T, T)
+        additive."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
         q = q * (1.0 / math.sqrt(self.dh))
-        c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, Dh/2)
-        s_rot = rope(q, c, s) @ rope(k, c, s).transpose(-1, -2)  # (B, H, T, T)
-        s_raw = q @ k.transpose(-1, -2)
-        # Prefix keys are position-free: scored with unrotated query and key (see gato_ros.sequence).
-        scores = torch.where(key_is_prefix[:, None, None, :], s_raw, s_rot) + mask.unsqueeze(1)
+        # Prefix keys are position-free: scored with unrotated query and key (see gato_ros.sequence). Contexts put
+        # the prefix first, so prefix keys fill the leading `n_pre` columns (padding there is masked anyway).
+        n_pre = int(key_is_prefix.any(0).nonzero().max()) + 1 if bool(key_is_prefix.any()) else 0
+        c, s = cos.unsqueeze(1)[:, :, n_pre:], sin.unsqueeze(1)[:, :, n_pre:]  # (B, 1, T - n_pre, Dh/2)
+        q_rot = rope(q, cos.unsqueeze(1), sin.unsqueeze(1))
+        scores = torch.cat((q @ k[:, :, :n_pre].transpose(-1, -2),  # (B, H, T, n_pre)
+                            q_rot @ rope(k[:, :, n_pre:], c, s).transpose(-1, -2)), dim=-1)  # (B, H, T, T - n_pre)
+        scores = scores + mask.unsqueeze(1)
         att = self.drop(torch.softmax(scores.float(), dim=-1).to(v.dtype))
         y = (att @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, d)
         return self.proj(y)
