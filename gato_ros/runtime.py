@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -123,6 +124,9 @@ class RuntimePolicy:
             _check_graph(sess, f, cfg, g)
             self.sessions[g] = sess
         self.provider = self.sessions["prefill"].get_providers()[0]
+        if execution_provider not in ("auto", "cpu") and self.provider != providers[0]:
+            warnings.warn(f"execution_provider={execution_provider!r} is not usable here (ONNX Runtime could not "
+                          f"start {providers[0]}); running on {self.provider}", RuntimeWarning, stacklevel=2)
 
         L, H, Dh, P, R = cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
         C, S, obs = P + R, self.ctx.S, self.ctx.obs_len

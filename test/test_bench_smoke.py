@@ -5,15 +5,22 @@ import sys
 from pathlib import Path
 
 from gato_ros.bench import model_costs
+from gato_ros.dataset import Episode, write_episode
+from gato_ros.model.data import synthetic_episodes
 from gato_ros.model.config import preset
 
 
-def test_bench_config_json_contract():
+def test_bench_config_json_contract(tmp_path):
+    for ep in synthetic_episodes(2, 20):  # replayed observations (--data): realistic consecutive inputs
+        meta = {"joint_names": ep.meta["joint_names"], "joint_limits": [[-3.0, 3.0]] * 7, "control_rate_hz": 20.0,
+                "image_size": 64}
+        write_episode(tmp_path, Episode(ep.observations, ep.actions, ep.instruction, ep.task, ep.seed, True, meta))
     gato = str(Path(sys.executable).parent / "gato-ros")
     out = subprocess.run([gato, "bench", "--config", "gato-tiny", "--ticks", "20", "--peer-ticks", "3",
-                          "--recompute-ticks", "1", "--threads", "1", "--json"], check=True, capture_output=True,
-                         text=True, timeout=600).stdout
+                          "--recompute-ticks", "1", "--threads", "1", "--data", str(tmp_path), "--json"], check=True,
+                         capture_output=True, text=True, timeout=600).stdout
     r = json.loads(out.strip().splitlines()[-1])
+    assert r["inputs"].startswith("replayed episodes") and r["decoding"] == "jacobi"
     assert r["provider"] == "CPUExecutionProvider" and r["model"] == "gato-tiny"
     assert r["tokens_per_tick"] == 38 and 1 <= r["graph_calls_per_tick"] <= 7
     for key in ("p50", "p99"):
