@@ -259,7 +259,10 @@ def test_instruction_topic_change_resets_the_context(running):
     # a new instruction starts a new episode: the runtime's timestep counter starts again; this one comes from a
     # volatile publisher (what `ros2 topic pub` uses), which a transient-local subscription alone would not match
     t_before = r.node.policy._t
-    volatile = h.node.create_publisher(String, "/gato_policy/instruction", 10)
+    from rclpy.event_handler import PublisherEventCallbacks
+
+    volatile = h.node.create_publisher(String, "/gato_policy/instruction", 10,  # (the latched sub cannot match)
+                                       event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda e: None))
     assert h.wait_for(lambda: volatile.get_subscription_count() >= 1, timeout=5)
     volatile.publish(String(data="reach the red ball"))
     assert h.wait_for(lambda: r.node.policy.instruction == "reach the red ball", timeout=5)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -91,7 +92,9 @@ class PolicyNode(Node):
         # node that starts later, and a volatile one, because a transient-local subscription does not match a
         # volatile publisher (`ros2 topic pub`'s default). The same text arriving twice changes nothing.
         latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(String, "~/instruction", self._on_instruction, latched, callback_group=sensors)
+        expected_mismatch = SubscriptionEventCallbacks(incompatible_qos=lambda event: None)  # the volatile pair
+        self.create_subscription(String, "~/instruction", self._on_instruction, latched, callback_group=sensors,
+                                 event_callbacks=expected_mismatch)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10, callback_group=sensors)
         self.create_subscription(Bool, "~/estop", self._on_estop_topic, 10, callback_group=sensors)
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=sensors)
