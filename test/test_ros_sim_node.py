@@ -166,6 +166,21 @@ def test_reset_episode_seeds_tasks_and_keeps_clock_monotonic(sim):
     assert not refused[0].successful and "unknown task" in refused[0].reason
 
 
+def test_wait_for_command_holds_the_first_observation_until_a_command(sim):
+    node, probe, _ = sim
+    node.set_parameters([Parameter("wait_for_command", value=True)])
+    reply = json.loads(probe.reset().message)
+    assert probe.wait(lambda: probe.last("episode")["episode"] == reply["episode"])
+    clock = probe.last("clock")
+    time.sleep(0.4)
+    assert probe.last("episode")["step"] == 0 and probe.last("clock") == clock  # published, not stepped
+    msg = probe.types[0]()
+    msg.data = list(probe.last("joints").position[:7])
+    probe.array_pub.publish(msg)
+    assert probe.wait(lambda: probe.last("episode")["step"] >= 3, 10)
+    assert probe.last("clock") > clock
+
+
 def test_episode_ends_and_the_sim_pauses_until_reset(sim):
     node, probe, _ = sim
     node.set_parameters([Parameter("max_steps", value=5)])

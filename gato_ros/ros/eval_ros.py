@@ -175,7 +175,8 @@ class GraphClient:
     def run_episode(self, task: str, seed: int, timeout_s: float, graph=None) -> EpisodeRecord:
         """One episode through the graph (see the module docstring); returns its outcome and timings."""
         self.enable(False)
-        self.set_sim(task=task, seed=int(seed))
+        # The policy is disabled across the reset, so no stale command can be in flight: no grace period needed.
+        self.set_sim(task=task, seed=int(seed), wait_for_command=True, reset_grace_s=0.0)
         info = self.reset_episode()
         with self._lock:
             self._timing.clear()

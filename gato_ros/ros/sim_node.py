@@ -49,8 +49,8 @@ from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
 @dataclass
 class SimNodeConfig:
     """Parameters of the sim node. ROS parameters mirror these fields: same names, same defaults. task, seed,
-    max_steps, auto_reset and reset_delay_s may be changed at run time (they apply from the next episode); the
-    others are read at start-up."""
+    max_steps, auto_reset, reset_delay_s, reset_grace_s and wait_for_command may be changed at run time (they apply
+    from the next episode); the others are read at start-up."""
 
     rate_hz: float = 20.0
     """Control rate: one env step (and one set of sensor messages) per period, in real time."""
@@ -67,6 +67,10 @@ class SimNodeConfig:
     reset_delay_s: float = 1.0
     reset_grace_s: float = 0.05
     """Commands arriving this soon after a reset were computed from the old episode and are dropped."""
+    wait_for_command: bool = False
+    """After a reset, keep publishing the first observation without stepping (sim time stands still) until the
+    first command arrives, so step 1 applies the action computed from observation 0, as in the ROS-free eval loop.
+    `eval --ros` and the demo turn it on."""
     stamp_sim_time: bool = False
     """Stamp messages with sim time (the /clock value) instead of wall time; set with use_sim_time:=true."""
     camera_frame: str = "camera_optical_frame"
@@ -139,7 +143,8 @@ class SimNode(Node):
             if p.name == "task" and p.value and p.value not in self._task_names:
                 return SetParametersResult(successful=False, reason=f"unknown task {p.value!r}; one of {self._task_names}")
         for p in params:
-            if p.name in ("task", "seed", "auto_reset", "reset_delay_s", "max_steps"):
+            if p.name in ("task", "seed", "auto_reset", "reset_delay_s", "max_steps", "wait_for_command",
+                          "reset_grace_s"):
                 setattr(self.config, p.name, p.value)
             if p.name == "seed":
                 with self._lock:
@@ -246,7 +251,12 @@ class SimNode(Node):
             else:
                 self._publish_state()
             return
-        _, _, terminated, truncated, info = self.env.step(self._target_for_step())
+        target, fresh = self._target_for_step()
+        if self._waiting and not fresh:  # wait_for_command: the episode starts with its first command
+            self._publish_state()
+            return
+        self._waiting = False
+        _, _, terminated, truncated, info = self.env.step(target)
         self._sim_clock += self.env.control_period
         self._info = info
         if terminated or truncated:
@@ -271,17 +281,19 @@ class SimNode(Node):
         obs, info = self.env.reset(seed=seed, options={"task": task})
         self._target = obs["joint_pos"].copy()  # hold the home pose until a command arrives
         self._info, self._done, self._done_wall = info, False, 0.0
+        self._waiting = bool(cfg.wait_for_command)
         self._reset_reply = {"episode": self.episode, "task": task, "seed": seed, "instruction": info["instruction"]}
         # Instruction first, then the new sensors: the policy node waits for sensors newer than the instruction.
         self._pub_instruction.publish(String(data=info["instruction"]))
         self._publish_state()
 
-    def _target_for_step(self) -> np.ndarray:
-        """Position targets for the coming step from the latest command (or the held target)."""
+    def _target_for_step(self) -> tuple[np.ndarray, bool]:
+        """(position targets for the coming step, whether they come from a command of this episode); the held
+        target when no usable command arrived."""
         with self._lock:
             command, trajectory, rx = self._command, self._trajectory, self._command_rx
-        if rx < self._reset_wall + self.config.reset_grace_s:
-            return self._target
+        if rx < self._reset_wall + self.config.reset_grace_s or (command is None and trajectory is None):
+            return self._target, False
         if trajectory is not None:
             arrival, cols, times, pos = trajectory
             t = self._sim_clock + self.env.control_period - arrival  # where the trajectory should be after this step
@@ -302,7 +314,7 @@ class SimNode(Node):
             self._target = target
         elif command is not None:
             self._target = command.copy()
-        return self._target
+        return self._target, True
 
     # ---- publishing (sim thread) ---------------------------------------------------------------------------
     def _stamp(self):
