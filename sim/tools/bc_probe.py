@@ -9,7 +9,7 @@ It is trained for a fixed wall-clock budget on one thread, then run closed loop 
 64x64 pixels and text (grounding the colour word, not just the motion), and how much data that takes.
 
 Measured on the shared 2-core box (sim/README.md): 300 reach demos, ~1800 steps: ~20% (chance: 25%, it goes to
-the wrong object); 1200 reach demos, 4200 steps of batch 128 (720 s): 29/30 = 97%.
+the wrong object); 1200 reach demos, 2784 steps of batch 128 (720 s at nice 19): 27/30 = 90%.
 """
 from __future__ import annotations
 
