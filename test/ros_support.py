@@ -40,8 +40,11 @@ def tiny_bundle(tmp_path_factory) -> Path:
         cfg = preset("gato-tiny")
         model = GatoModel(cfg)
         a = cfg.spec.action_size
-        # delta mode: targets within +-0.05 of the current position (rad, m): small, like a trained policy's
-        normalizer = ActionNormalizer(cfg.action_mode, -np.full(a, 0.05), np.full(a, 0.05))
+        # delta mode: targets within +-0.02 rad of the current arm position and +-4 mm of the gripper opening:
+        # small, like a trained policy's, and inside the node's step limits (0.1 rad, 10 mm per tick), so the
+        # safety filter never has to clamp them and the ROS path can be compared step for step with the direct one
+        half = np.array([0.02] * (a - 1) + [0.004])
+        normalizer = ActionNormalizer(cfg.action_mode, -half, half)
         ckpt = {"config": cfg.to_dict(), "model": model.state_dict(), "normalizer": normalizer.to_dict(),
                 "robot": {"joint_names": JOINTS, "joint_limits": LIMITS, "control_rate_hz": 20.0},
                 "git_commit": "test-fixture", "step": 0}

@@ -166,19 +166,25 @@ def test_reset_episode_seeds_tasks_and_keeps_clock_monotonic(sim):
     assert not refused[0].successful and "unknown task" in refused[0].reason
 
 
-def test_wait_for_command_holds_the_first_observation_until_a_command(sim):
+def test_lockstep_steps_once_per_command(sim):
     node, probe, _ = sim
-    node.set_parameters([Parameter("wait_for_command", value=True)])
+    node.set_parameters([Parameter("lockstep", value=True), Parameter("keepalive_s", value=0.3)])
     reply = json.loads(probe.reset().message)
     assert probe.wait(lambda: probe.last("episode")["episode"] == reply["episode"])
     clock = probe.last("clock")
-    time.sleep(0.4)
-    assert probe.last("episode")["step"] == 0 and probe.last("clock") == clock  # published, not stepped
-    msg = probe.types[0]()
-    msg.data = list(probe.last("joints").position[:7])
-    probe.array_pub.publish(msg)
-    assert probe.wait(lambda: probe.last("episode")["step"] >= 3, 10)
-    assert probe.last("clock") > clock
+    time.sleep(0.5)
+    assert probe.last("episode")["step"] == 0 and probe.last("clock") == clock  # waiting for the first command
+    assert probe.wait(lambda: len(probe.got["image"]) > 0)
+    for k in range(1, 4):  # each command: exactly one step, then the sim waits again
+        msg = probe.types[0]()
+        msg.data = list(probe.last("joints").position[:7])
+        probe.array_pub.publish(msg)
+        assert probe.wait(lambda: probe.last("episode")["step"] == k, 10)
+        time.sleep(0.25)
+        assert probe.last("episode")["step"] == k
+    n = len(probe.got["image"])
+    assert probe.wait(lambda: len(probe.got["image"]) > n, 2)  # the same frame again after keepalive_s
+    assert probe.last("episode")["step"] == 3
 
 
 def test_episode_ends_and_the_sim_pauses_until_reset(sim):

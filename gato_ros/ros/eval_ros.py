@@ -176,7 +176,7 @@ class GraphClient:
         """One episode through the graph (see the module docstring); returns its outcome and timings."""
         self.enable(False)
         # The policy is disabled across the reset, so no stale command can be in flight: no grace period needed.
-        self.set_sim(task=task, seed=int(seed), wait_for_command=True, reset_grace_s=0.0)
+        self.set_sim(task=task, seed=int(seed), lockstep=True, reset_grace_s=0.0)
         info = self.reset_episode()
         with self._lock:
             self._timing.clear()

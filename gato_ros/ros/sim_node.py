@@ -49,7 +49,7 @@ from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
 @dataclass
 class SimNodeConfig:
     """Parameters of the sim node. ROS parameters mirror these fields: same names, same defaults. task, seed,
-    max_steps, auto_reset, reset_delay_s, reset_grace_s and wait_for_command may be changed at run time (they apply
+    max_steps, auto_reset, reset_delay_s, reset_grace_s and lockstep may be changed at run time (they apply
     from the next episode); the others are read at start-up."""
 
     rate_hz: float = 20.0
@@ -67,10 +67,12 @@ class SimNodeConfig:
     reset_delay_s: float = 1.0
     reset_grace_s: float = 0.05
     """Commands arriving this soon after a reset were computed from the old episode and are dropped."""
-    wait_for_command: bool = False
-    """After a reset, keep publishing the first observation without stepping (sim time stands still) until the
-    first command arrives, so step 1 applies the action computed from observation 0, as in the ROS-free eval loop.
-    `eval --ros` and the demo turn it on."""
+    lockstep: bool = False
+    """Step only when a command has arrived since the last frame went out (still at most rate_hz), so step k+1
+    applies the action computed from observation k, as in the ROS-free eval loop, however slow the policy. Until
+    then nothing is published, except the same frame again every keepalive_s. `eval --ros` and the demo use it."""
+    keepalive_s: float = 0.5
+    """lockstep: re-publish the current frame after this long without a command (a lost message must not stall)."""
     stamp_sim_time: bool = False
     """Stamp messages with sim time (the /clock value) instead of wall time; set with use_sim_time:=true."""
     camera_frame: str = "camera_optical_frame"
@@ -100,6 +102,7 @@ class SimNode(Node):
         self._trajectory: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None  # arrival, mask, t, pos
         self._command_rx = 0.0
         self._reset_wall = 0.0
+        self._frame_wall = 0.0  # time.monotonic() when the current frame was last published
         self._reset_request: threading.Event | None = None
         self._reset_reply: dict = {}
         self._episode_base = 0  # episodes since `seed` was last set
@@ -143,7 +146,7 @@ class SimNode(Node):
             if p.name == "task" and p.value and p.value not in self._task_names:
                 return SetParametersResult(successful=False, reason=f"unknown task {p.value!r}; one of {self._task_names}")
         for p in params:
-            if p.name in ("task", "seed", "auto_reset", "reset_delay_s", "max_steps", "wait_for_command",
+            if p.name in ("task", "seed", "auto_reset", "reset_delay_s", "max_steps", "lockstep", "keepalive_s",
                           "reset_grace_s"):
                 setattr(self.config, p.name, p.value)
             if p.name == "seed":
@@ -251,12 +254,11 @@ class SimNode(Node):
             else:
                 self._publish_state()
             return
-        target, fresh = self._target_for_step()
-        if self._waiting and not fresh:  # wait_for_command: the episode starts with its first command
-            self._publish_state()
+        if self.config.lockstep and not self._command_since_frame():
+            if time.monotonic() - self._frame_wall >= self.config.keepalive_s:
+                self._publish_state()
             return
-        self._waiting = False
-        _, _, terminated, truncated, info = self.env.step(target)
+        _, _, terminated, truncated, info = self.env.step(self._target_for_step())
         self._sim_clock += self.env.control_period
         self._info = info
         if terminated or truncated:
@@ -281,19 +283,24 @@ class SimNode(Node):
         obs, info = self.env.reset(seed=seed, options={"task": task})
         self._target = obs["joint_pos"].copy()  # hold the home pose until a command arrives
         self._info, self._done, self._done_wall = info, False, 0.0
-        self._waiting = bool(cfg.wait_for_command)
         self._reset_reply = {"episode": self.episode, "task": task, "seed": seed, "instruction": info["instruction"]}
         # Instruction first, then the new sensors: the policy node waits for sensors newer than the instruction.
         self._pub_instruction.publish(String(data=info["instruction"]))
         self._publish_state()
 
-    def _target_for_step(self) -> tuple[np.ndarray, bool]:
-        """(position targets for the coming step, whether they come from a command of this episode); the held
-        target when no usable command arrived."""
+    def _command_since_frame(self) -> bool:
+        """lockstep: has a usable command arrived after the current frame was published?"""
+        with self._lock:
+            have = self._command is not None or self._trajectory is not None
+            rx = self._command_rx
+        return have and rx >= self._reset_wall + self.config.reset_grace_s and rx > self._frame_wall
+
+    def _target_for_step(self) -> np.ndarray:
+        """Position targets for the coming step from the latest command (or the held target)."""
         with self._lock:
             command, trajectory, rx = self._command, self._trajectory, self._command_rx
-        if rx < self._reset_wall + self.config.reset_grace_s or (command is None and trajectory is None):
-            return self._target, False
+        if rx < self._reset_wall + self.config.reset_grace_s:
+            return self._target
         if trajectory is not None:
             arrival, cols, times, pos = trajectory
             t = self._sim_clock + self.env.control_period - arrival  # where the trajectory should be after this step
@@ -314,7 +321,7 @@ class SimNode(Node):
             self._target = target
         elif command is not None:
             self._target = command.copy()
-        return self._target, True
+        return self._target
 
     # ---- publishing (sim thread) ---------------------------------------------------------------------------
     def _stamp(self):
@@ -351,6 +358,7 @@ class SimNode(Node):
             "step": int(info["step"]), "success": bool(info["success"]), "done": self._done,
             "sim_time": round(self._sim_clock, 6),
         })))
+        self._frame_wall = time.monotonic()
 
     def _make_camera_info(self) -> CameraInfo:
         k = self.env.camera_intrinsics()
