@@ -16,7 +16,8 @@ ROS callbacks only hand targets and reset requests to that thread.
 Commands: the latest Float64MultiArray (7 values in joint order) replaces the target; a JointTrajectory is
 followed like a joint trajectory controller would, linearly interpolated in sim time from the target at arrival;
 with no command the last target is held (at episode start: the home pose). Commands that arrive within
-`reset_grace_s` after a reset were computed from the previous episode and are dropped.
+`reset_grace_s` after a reset were computed from the previous episode and are dropped. With `lockstep` the sim
+steps only when a command has arrived since its last frame (for evaluations that must match the direct loop).
 
 Episodes: `~/reset_episode` (or `auto_reset`) starts episode k with seed `seed + k` (k counts from the last time
 `seed` was set) and the `task` parameter, or the tasks in rotation when it is empty. When an episode ends (success
