@@ -73,7 +73,8 @@ class Harness:
         self.joint_pub = n.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         self.instruction_pub = n.create_publisher(String, f"/{policy_name}/instruction", latched)
-        self.estop_pub = n.create_publisher(Bool, f"/{policy_name}/estop", 10)
+        # best effort, like many hardware-button drivers (the node must match those too)
+        self.estop_pub = n.create_publisher(Bool, f"/{policy_name}/estop", qos_profile_sensor_data)
         self.lock = threading.Lock()
         self.commands: list[tuple[float, np.ndarray]] = []
         self.trajectories: list[tuple[float, object]] = []

@@ -181,6 +181,7 @@ def test_enable_false_stops_motion_and_estop_latches(running):
     # the hardware-button topic latches too
     from std_msgs.msg import Bool
 
+    assert h.wait_for(lambda: h.estop_pub.get_subscription_count() >= 1, timeout=5)
     h.estop_pub.publish(Bool(data=True))
     assert h.wait_for(lambda: h.last_diagnostics().get("estop") == "true", timeout=5)
     assert_safe_sequence([c for _, c in h.commands if c is not None][-3:], STEP)

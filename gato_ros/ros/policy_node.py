@@ -96,7 +96,11 @@ class PolicyNode(Node):
         self.create_subscription(String, "~/instruction", self._on_instruction, latched, callback_group=sensors,
                                  event_callbacks=expected_mismatch)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10, callback_group=sensors)
-        self.create_subscription(Bool, "~/estop", self._on_estop_topic, 10, callback_group=sensors)
+        # E-stop buttons: a reliable subscription, and a best-effort one for publishers that only offer that (a
+        # reliable subscription would not match them). Pressing twice is the same as pressing once.
+        self.create_subscription(Bool, "~/estop", self._on_estop_topic, 10, callback_group=sensors,
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None))
+        self.create_subscription(Bool, "~/estop", self._on_estop_topic, qos_profile_sensor_data, callback_group=sensors)
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=sensors)
         self.create_service(SetBool, "~/enable", self._srv_enable, callback_group=sensors)
         self.create_service(Trigger, "~/estop", self._srv_estop, callback_group=sensors)
