@@ -33,8 +33,8 @@ POOL_SIZE = {"cube": 3, "ball": 3, "cylinder": 3, "bowl": 2}  # bodies <kind>_<i
 
 # (6, 2) slot centres, x then y (m). Row order: far row (x=0.36) left to right as seen from the camera, then near.
 SLOTS = np.array([[0.36, -0.10], [0.36, 0.10], [0.36, 0.30], [0.60, -0.10], [0.60, 0.10], [0.60, 0.30]])
-# Where unused pool objects wait: on a shelf behind the scene camera, outside its view.
-PARK_X, PARK_Z = 2.5, 0.0
+# Where unused pool objects wait: floating behind the scene camera, outside its view, with collisions off.
+PARK_X, PARK_Z = 2.5, 0.5
 
 REACH_DISTRACTORS = ("colour", "attribute")
 REACH_SUCCESS_DISTANCE = 0.03  # m, issue 4: "end effector within 3 cm of the named object"
