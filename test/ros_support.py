@@ -74,7 +74,10 @@ class Harness:
         latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         self.instruction_pub = n.create_publisher(String, f"/{policy_name}/instruction", latched)
         # best effort, like many hardware-button drivers (the node must match those too)
-        self.estop_pub = n.create_publisher(Bool, f"/{policy_name}/estop", qos_profile_sensor_data)
+        from rclpy.event_handler import PublisherEventCallbacks
+
+        self.estop_pub = n.create_publisher(Bool, f"/{policy_name}/estop", qos_profile_sensor_data,
+                                            event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda e: None))
         self.lock = threading.Lock()
         self.commands: list[tuple[float, np.ndarray]] = []
         self.trajectories: list[tuple[float, object]] = []
