@@ -203,6 +203,20 @@ def test_image_trigger_ticks_per_image_and_still_detects_a_stopped_camera(runnin
     assert_safe_sequence([c for _, c in h.commands], STEP)
 
 
+def test_joint_names_parameter_maps_a_prefixed_driver(running):
+    robot = [f"ur_{j}" for j in JOINTS]
+    r = running(enable_on_start=True, instruction="reach the red ball", joint_names=robot,
+                command_interface="joint_trajectory")
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.joint_names = robot
+    h.start_streams()
+    assert h.wait_for(lambda: len(h.trajectories) >= 3, timeout=20), h.last_diagnostics()
+    assert list(h.trajectories[-1][1].joint_names) == robot  # commands name the robot's joints
+    h.joint_names = list(JOINTS)  # the bundle's own names are not the robot's: a clear hold
+    assert h.wait_for(lambda: "set the joint_names parameter" in h.last_diagnostics().get("hold_reason", ""), 10)
+
+
 def test_joint_trajectory_interface(running):
     r = running(enable_on_start=True, instruction="reach the red ball", command_interface="joint_trajectory")
     h = r.harness
