@@ -254,7 +254,7 @@ class PolicyNode(Node):
         if reset or new_episode:
             self._context_dirty = True
         reason, obs, joint_pos = self._observe(now, image_msg, image_rx, joint_msg, joint_rx, instruction)
-        if reason is None and min(image_rx, joint_rx) < instruction_rx:
+        if reason is None and min(t for t in (image_rx, joint_rx) if t is not None) < instruction_rx:
             reason = "waiting for an image and joint state newer than the new instruction"
         if reason is None:
             reason = self._check_tracking(joint_pos)
