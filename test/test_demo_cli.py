@@ -84,3 +84,14 @@ def test_demo_falls_back_loudly_or_explains(monkeypatch, tmp_path):
     (other / "gato.json").write_text("{}")
     path, warning = demo.find_bundle(None)
     assert path == str(other) and "gato_arm_small is missing" in warning and "not the shipped model" in warning
+
+
+def test_demo_with_a_broken_bundle_says_why_without_a_traceback(tmp_path):
+    broken = tmp_path / "broken_bundle"
+    broken.mkdir()
+    (broken / "gato.json").write_text('{"format": "something else"}')
+    out = cli("demo", "--model", str(broken), "--episodes", "1", "--out", str(tmp_path / "out"), "--no-progress",
+              timeout=120)
+    assert out.returncode != 0
+    assert "gato_policy exited with code 1 during start-up" in out.stderr and "cannot load model bundle" in out.stderr
+    assert "Traceback" not in out.stderr

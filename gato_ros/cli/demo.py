@@ -83,11 +83,15 @@ def run(args) -> int:
 
     import rclpy
 
-    from gato_ros.ros.eval_ros import GraphClient, GraphError, bundle_facts, episode_timeout, graph_arguments
+    from gato_ros.ros.eval_ros import (GraphClient, GraphError, bundle_facts, close_video, episode_timeout,
+                                       graph_arguments)
     from gato_ros.ros.launcher import GraphProcesses
 
     facts = bundle_facts(bundle)
     rate = facts["control_rate_hz"]
+    model = _model_summary(facts["meta"])
+    if not args.json:
+        print(f"model: {model}", flush=True)
     video = None
     if not args.no_video:
         from gato_ros.sim.video import VideoWriter, annotate, upscale
@@ -135,7 +139,7 @@ def run(args) -> int:
         graph.stop()
         rclpy.try_shutdown()
         if video is not None:
-            video.close()
+            close_video(video)
 
     all_ticks = [t for r in records for t in r.tick_ms]
     all_e2e = [t for r in records for t in r.image_to_command_ms]
@@ -143,6 +147,7 @@ def run(args) -> int:
     _plot_latency(records, plot, rate)
     result = {
         "bundle": str(bundle),
+        "model": model,
         "warning": warning,
         "provider": diagnostics.get("provider"),
         "episodes": rows,
@@ -170,6 +175,15 @@ def run(args) -> int:
         print(f"WARNING: {warning}")
     print(f"wrote {result['video'] or '(no video)'}, {plot}, {out / 'demo.json'}")
     return 0
+
+
+def _model_summary(meta: dict) -> str:
+    """One line on what the bundle is: its name, architecture and training provenance (from gato.json)."""
+    prov = meta.get("provenance") or {}
+    data = prov.get("data") or []
+    steps = prov.get("step")
+    trained = f"trained {steps} steps on {len(data)} dataset(s)" if steps else "untrained (no training steps recorded)"
+    return f"{meta.get('name', '?')} ({(meta.get('model') or {}).get('name', '?')}), {trained}"
 
 
 def _ms(v) -> str:

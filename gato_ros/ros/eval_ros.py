@@ -218,6 +218,18 @@ class GraphClient:
         self.node.destroy_node()
 
 
+def close_video(video) -> None:
+    """Finish a VideoWriter; one that got no frame (the graph failed before the first image) leaves no file and
+    must not hide the error that stopped the run."""
+    if video.frames:
+        video.close()
+    else:
+        try:
+            video.close()
+        except OSError:
+            pass
+
+
 def bundle_facts(bundle: str | Path) -> dict:
     """Control rate and image size from a bundle's gato.json (no ONNX loaded): what the graph must match."""
     meta = json.loads((Path(bundle) / "gato.json").read_text())
@@ -308,7 +320,7 @@ def evaluate_ros(args) -> dict:
         graph.close()
         rclpy.try_shutdown()
         if video is not None:
-            video.close()
+            close_video(video)
     wall = time.perf_counter() - started
     per_task = {}
     for task in tasks:
