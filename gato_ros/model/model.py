@@ -211,20 +211,34 @@ class GatoModel(nn.Module):
             x = blk(x, batch["rope_cos"], batch["rope_sin"], batch["is_prefix"], mask)
         return self.ln_f(x)
 
-    def forward(self, batch: dict[str, torch.Tensor], _loss: bool = False):
-        """Action logits (B, T, num_bins) at every position; with `_loss`, `loss(batch)` (so DistributedDataParallel,
-        which synchronises gradients of `forward` only, can train through it)."""
+    def forward(self, batch: dict[str, torch.Tensor], _loss: bool = False, label_sigma: float = 0.0):
+        """Action logits (B, T, num_bins) at every position; with `_loss`, `loss(batch, label_sigma)` (so
+        DistributedDataParallel, which synchronises gradients of `forward` only, can train through it)."""
         if _loss:
-            return self.loss(batch)
+            return self.loss(batch, label_sigma)
         return self.head(self.hidden(batch))
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over action targets, and the number of targets."""
+    def loss(self, batch: dict[str, torch.Tensor], label_sigma: float = 0.0, bin_error: bool = False):
+        """Mean cross-entropy over action targets and the number of targets (and, with `bin_error`, the summed
+        |greedy bin - target bin|).
+
+        `label_sigma` > 0 trains against a Gaussian over neighbouring bins (std in bins; HL-Gauss, Farebrother et
+        al. 2024, "Stop Regressing") instead of Gato's one-hot target: the bins are ordinal, and a near miss then
+        costs less than a far one, which speeds up learning; the greedy decode is unchanged."""
         h = self.hidden(batch)
         sel = batch["target"] >= 0
         logits = self.head(h[sel]).float()  # (n_targets, num_bins)
         tgt = batch["target"][sel]
-        return F.cross_entropy(logits, tgt), tgt.new_tensor(tgt.numel())
+        if label_sigma > 0:
+            bins = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
+            soft = torch.softmax(-0.5 * ((bins[None] - tgt[:, None].float()) / label_sigma) ** 2, dim=-1)
+            loss = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+        else:
+            loss = F.cross_entropy(logits, tgt)
+        n = tgt.new_tensor(tgt.numel())
+        if bin_error:
+            return loss, n, (logits.argmax(-1) - tgt).abs().sum()
+        return loss, n
 
     def forward_cached(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, rope_cos, rope_sin,
                        mask, *cache):

@@ -51,6 +51,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     prompt_prob: float = 0.25  # Gato: 25% of sequences carry a prompt
+    label_sigma: float = 0.0  # > 0: Gaussian target over neighbouring action bins (std in bins); 0: Gato one-hot
     val_fraction: float = 0.1
     val_every: int = 200
     val_batches: int = 4
@@ -164,15 +165,19 @@ class _Logger:
             except Exception:  # tensorboard not installed: CSV + PNG only
                 self.tb = None
 
-    FIELDS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s")
+    FIELDS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "val_bin_err")
 
     def log(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.rows.append(row)
         new = not self.path.exists()
+        fields = self.FIELDS
+        if not new:  # a resumed run keeps its file's columns
+            with open(self.path) as f:
+                fields = tuple(next(csv.reader(f), self.FIELDS))
         with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow({k: ("" if (isinstance(row.get(k), float) and math.isnan(row[k])) else row.get(k, ""))
@@ -286,16 +291,18 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
+        """Validation one-hot cross-entropy (comparable across label_sigma) and mean greedy bin error."""
         model.eval()
-        tot, n = 0.0, 0
+        tot, err, n = 0.0, 0.0, 0
         with torch.no_grad(), autocast:
             for b in val_batches:
-                loss, k = model.loss(b)
+                loss, k, e = model.loss(b, bin_error=True)
                 tot += float(loss) * int(k)
+                err += float(e)
                 n += int(k)
         model.train()
-        return tot / max(n, 1)
+        return tot / max(n, 1), err / max(n, 1)
 
     def save(path: Path, val_loss: float) -> None:
         ckpt = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), step=step, val_loss=val_loss)
@@ -318,7 +325,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
             g["lr"] = lr
         batch = _to_torch(data.batch(rng, tc.batch_size), device)
         with autocast:
-            loss, _ = ddp_model(batch, _loss=True)  # through forward: DDP syncs gradients of forward only
+            loss, _ = ddp_model(batch, _loss=True, label_sigma=tc.label_sigma)  # DDP syncs gradients of forward
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -328,12 +335,15 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         ema = train_loss if ema is None else 0.9 * ema + 0.1 * train_loss
         tok_s = float(batch["valid"].sum()) * world / (time.perf_counter() - t0)
         row = {"step": step, "lr": lr, "train_loss": train_loss, "val_loss": float("nan"), "tokens_per_s": tok_s,
-               "elapsed_s": time.perf_counter() - t_start}
+               "elapsed_s": time.perf_counter() - t_start, "val_bin_err": float("nan")}
         if step % tc.val_every == 0 or step == tc.steps:
-            val_loss = evaluate()
-            row["val_loss"] = val_loss
+            val_loss, val_err = evaluate()
+            row["val_loss"], row["val_bin_err"] = val_loss, val_err
         logger.log(row)
         bar.set_postfix(loss=f"{ema:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+        if is_main and not tc.progress and not math.isnan(row["val_loss"]):
+            print(f"step {step}: train {train_loss:.4f} val {val_loss:.4f} bin error {row['val_bin_err']:.1f}",
+                  flush=True)
         bar.update(1)
         if is_main and (step % tc.ckpt_every == 0 or step == tc.steps):
             save(out / CHECKPOINT, val_loss)
