@@ -29,5 +29,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/gato-ros bench --json
 
+# Collect demos, train, export and evaluate the shipped model (scripts/make_model.sh; ~1 h on a 2-core CPU).
+model: $(STAMP)
+	scripts/make_model.sh
+	$(PY) -m gato_ros.report runs/gato_arm_small models/gato_arm_small
+
 clean-venv:
 	rm -rf $(VENV)
