@@ -6,7 +6,7 @@ Files:
 |----------------|------------------------------------------------------------------------------------------|
 | `gato.json`    | everything the runtime needs (below) + provenance and evaluation results                 |
 | `prefill.onnx` | T new tokens (any kind) against the KV cache -> action logits of the last token, new K/V |
-| `decode.onnx`  | one action token against the KV cache -> action logits, new K/V                          |
+| `decode.onnx`  | T action tokens (no image/position inputs) against the KV cache -> logits, new K/V       |
 | `model.pt`     | torch weights + config, only for fine-tuning (`gato-ros train --init BUNDLE`)             |
 | `README.md`    | model card                                                                               |
 
@@ -20,8 +20,8 @@ inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `loc
 `prefix_pos` (T,) int64, `rope_cos`, `rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask`
 (T, P+R+T) f32 additive over [prefix slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P)
 unrotated, `ring_k_l` (H, Dh, R) rotated, `value_l` (H, P+R, Dh); outputs `logits` (min(T, A), num_bins) of the last
-A = action_size tokens, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes `tokens` (1,), the rope tables, the mask with T = 1
-and the cache.
+A = action_size tokens, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes action `tokens` (T,), the rope tables, the mask
+and the cache (T action tokens: one per call in sequential decoding, several in Jacobi iterations).
 """
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def cache_names(n_layers: int) -> list[str]:
 
 
 def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
-    """(name, dtype, shape) of every input of `graph`; "T" marks a dynamic axis (the prefill's new tokens; the
-    mask's second axis is P + R + T). Decode has T = 1."""
+    """(name, dtype, shape) of every input of `graph`; "T" marks a dynamic axis (the new tokens; the mask's second
+    axis is P + R + T)."""
     H, Dh, P, R = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
-    T: int | str = "T" if graph == "prefill" else 1
+    T = "T"
     out: list[tuple[str, str, tuple]] = []
     if graph == "prefill":
         out += [("tokens", "int64", (T,)), ("patches", "float32", (T, cfg.patch_dim)), ("is_image", "bool", (T,)),
@@ -61,7 +61,7 @@ def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
     else:
         out += [("tokens", "int64", (T,))]
     out += [("rope_cos", "float32", (T, Dh)), ("rope_sin", "float32", (T, Dh)),
-            ("mask", "float32", (T, "T" if graph == "prefill" else P + R + 1))]
+            ("mask", "float32", (T, "T"))]
     for l in range(cfg.n_layers):
         out += [(f"prefix_k_{l}", "float32", (H, Dh, P)), (f"ring_k_{l}", "float32", (H, Dh, R)),
                 (f"value_{l}", "float32", (H, P + R, Dh))]
@@ -69,9 +69,8 @@ def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
 
 
 def graph_outputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
-    T = "T" if graph == "prefill" else 1
-    kv = (cfg.n_layers, cfg.n_heads, T, cfg.head_dim)
-    rows = "T" if graph == "prefill" else 1  # min(T, action_size): the last tokens' action logits
+    kv = (cfg.n_layers, cfg.n_heads, "T", cfg.head_dim)
+    rows = "T"  # min(T, action_size): the last tokens' action logits
     return [("logits", "float32", (rows, cfg.tokenizer.num_bins)), ("new_k", "float32", kv), ("new_v", "float32", kv)]
 
 

@@ -401,8 +401,8 @@ class RuntimePolicy:
 
 class _CallSet:
     """Preallocated, pre-bound inputs and outputs of one episode-token call shape: tokens at within-timestep
-    `offsets` (observation offsets take their layout embeddings, action offsets none). One action token uses the
-    static decode graph, anything else the prefill graph."""
+    `offsets` (observation offsets take their layout embeddings, action offsets none). Calls of action tokens only use
+    the decode graph (no image branch), anything else the prefill graph."""
 
     def __init__(self, policy: RuntimePolicy, offsets: np.ndarray):
         cfg, ctx = policy.cfg, policy.ctx
@@ -410,7 +410,7 @@ class _CallSet:
         L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
         mask = np.full((T, C + T), NEG_INF, np.float32)
         mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
-        self.graph = "decode" if T == 1 and offsets[0] >= ctx.obs_len else "prefill"
+        self.graph = "decode" if offsets.min() >= ctx.obs_len else "prefill"  # action tokens only: no image branch
         io = {"tokens": np.zeros(T, np.int64)}
         if self.graph == "prefill":
             io.update({

@@ -1,8 +1,8 @@
 """Checkpoint -> bundle: ONNX graphs (prefill, decode) + gato.json, checked against torch.
 
 Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), the supported path in torch 2.x (the
-TorchScript exporter is deprecated). The prefill graph has one dynamic axis (new tokens T); the decode graph is
-fully static (T = 1), as are all cache buffers, so ONNX Runtime can plan memory once.
+TorchScript exporter is deprecated). Both graphs have one dynamic axis (new tokens T); the cache buffers are
+static, so ONNX Runtime plans their memory once.
 
 Checks (any failure raises ExportCheckError and leaves no bundle behind):
 1. `onnx.checker.check_model` on both graphs;
@@ -94,17 +94,15 @@ def export_graph(model: GatoModel, graph: str, path: Path) -> None:
     """Export `graph` ("prefill" or "decode") of `model` to `path` with the names of `gato_ros.bundle`."""
     cfg = model.cfg
     rng = np.random.default_rng(0)
-    T = 8 if graph == "prefill" else 1
+    T = 8 if graph == "prefill" else 3
     ex = example_inputs(cfg, graph, T, rng)
     names = list(ex)
     args = tuple(torch.from_numpy(ex[n]) for n in names)
     module = _Prefill(model) if graph == "prefill" else _Decode(model)
-    dynamic = None
-    if graph == "prefill":
-        t = torch.export.Dim("T", min=1, max=cfg.context_tokens)
-        axes = {n: {0: t} for n, _, shape in graph_inputs(cfg, graph) if shape and shape[0] == "T"}
-        axes["mask"] = {0: t, 1: t + cfg.context_tokens}
-        dynamic = (tuple(axes.get(n) for n in names),)
+    t = torch.export.Dim("T", min=1, max=cfg.context_tokens)
+    axes = {n: {0: t} for n, _, shape in graph_inputs(cfg, graph) if shape and shape[0] == "T"}
+    axes["mask"] = {0: t, 1: t + cfg.context_tokens}
+    dynamic = (tuple(axes.get(n) for n in names),)
     import warnings
 
     with warnings.catch_warnings():
@@ -134,7 +132,7 @@ def check_graphs(model: GatoModel, files: dict[str, Path], seed: int = 0) -> dic
         except Exception as e:
             raise ExportCheckError(f"{path}: ONNX checker failed: {e}") from None
         sess = _ort_session(path)
-        for T in ((1, 5, cfg.observation_tokens + 1) if graph == "prefill" else (1,)):
+        for T in ((1, 5, cfg.observation_tokens + 1) if graph == "prefill" else (1, cfg.spec.action_size - 1)):
             ex = example_inputs(cfg, graph, T, rng)
             got = sess.run(None, ex)
             with torch.no_grad():

@@ -251,8 +251,8 @@ class GatoModel(nn.Module):
         return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
     def decode_cached(self, tokens, rope_cos, rope_sin, mask, *cache):
-        """`forward_cached` for one action token (T=1): actions have no patch or position embeddings."""
-        x = self.embed.token(tokens)  # (1, d)
+        """`forward_cached` for T action tokens: actions have no patch or position embeddings."""
+        x = self.embed.token(tokens)  # (T, d)
         return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
     def _cached_blocks(self, x, cos_f, sin_f, mask, cache):
