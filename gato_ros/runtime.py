@@ -193,6 +193,8 @@ class RuntimePolicy:
             self._prompt = None
         else:
             k = self.cfg.prompt_steps
+            if actions is None:
+                raise ValueError("set_prompt: a prompt needs the demonstration's actions too")
             if k == 0:
                 raise ValueError(f"this bundle's model ({self.cfg.name}) was built without prompt slots")
             obs = {key: np.asarray(observations[key])[-k:] for key in self._obs_keys()}
