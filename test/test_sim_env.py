@@ -97,6 +97,14 @@ def test_only_the_instruction_disambiguates_the_target(env):
         cubes = [o for o in env.layout.objects if o.kind == "cube"]
         bowls = [o for o in env.layout.objects if o.kind == "bowl"]
         assert len({o.colour for o in cubes}) == 3 and len({o.colour for o in bowls}) == 2
+        # Default "rows" scheme: cubes fill the near row, bowls sit in the far row.
+        assert sorted(o.slot for o in cubes) == [3, 4, 5] and all(o.slot in (0, 1, 2) for o in bowls)
+    with ArmEnv(EnvConfig(pick_place_layout="any")) as anywhere:
+        slots = set()
+        for seed in range(20):
+            anywhere.reset(seed=seed, options={"task": "pick_place"})
+            slots |= {o.slot for o in anywhere.layout.objects if o.kind == "cube"}
+        assert slots == set(range(6))
     with ArmEnv(EnvConfig(reach_distractors="attribute")) as hard:
         for seed in range(20):
             hard.reset(seed=seed, options={"task": "reach"})
@@ -120,6 +128,8 @@ def test_bad_input_raises_value_error_naming_what_was_expected(env):
         EnvConfig(image_size=8)
     with pytest.raises(ValueError, match="unknown task"):
         EnvConfig(task="fly")
+    with pytest.raises(ValueError, match="pick_place_layout"):
+        EnvConfig(pick_place_layout="stacked")
 
 
 def test_targets_beyond_the_limits_are_clipped_like_a_real_arm(env):

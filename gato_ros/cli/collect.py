@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-episodes", type=int, default=2, help="episodes per task in the video (default 2)")
     parser.add_argument("--reach-distractors", choices=["colour", "attribute"], default="colour",
                         help="reach layouts: distinct colours (default) or distractors sharing colour/shape")
+    parser.add_argument("--pick-place-layout", choices=["rows", "any"], default="rows",
+                        help="pick_place layouts: cubes near / bowls far (default) or any slots")
     parser.add_argument("--json", action="store_true", help="print a JSON summary (dataset info + rates) at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -73,7 +75,8 @@ def run(args) -> int:
     if args.noise < 0:
         raise SystemExit("--noise must be >= 0")
     tasks = resolve_tasks(args.task)
-    config = EnvConfig(image_size=args.image_size, reach_distractors=args.reach_distractors)
+    config = EnvConfig(image_size=args.image_size, reach_distractors=args.reach_distractors,
+                       pick_place_layout=args.pick_place_layout)
     env = ArmEnv(config)
     expert = ScriptedExpert(env, noise=args.noise, seed=args.seed)
     meta = {

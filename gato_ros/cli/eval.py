@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"env seed of episode 0 (default {DEFAULT_SEED})")
     parser.add_argument("--reach-distractors", choices=["colour", "attribute"], default="colour",
                         help="reach layouts: distinct colours (default) or distractors sharing colour/shape")
+    parser.add_argument("--pick-place-layout", choices=["rows", "any"], default="rows",
+                        help="pick_place layouts: cubes near / bowls far (default) or any slots")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--video", metavar="PATH", help="write an MP4 of the first episodes of each task")
     parser.add_argument("--video-episodes", type=int, default=2, help="episodes per task in the video (default 2)")
@@ -105,7 +107,8 @@ def run(args) -> int:
         size = args.image_size
         if size is None and args.policy not in ("expert", "random"):
             size = _bundle_image_size(args.policy)
-        env = ArmEnv(EnvConfig(image_size=size or 64, reach_distractors=args.reach_distractors))
+        env = ArmEnv(EnvConfig(image_size=size or 64, reach_distractors=args.reach_distractors,
+                                       pick_place_layout=args.pick_place_layout))
         policy, name = load_policy(args.policy, env, args.seed, args.execution_provider)
         video = None
         if args.video:

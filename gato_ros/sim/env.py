@@ -26,7 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from gato_ros.sim.backend import import_mujoco, sim_dir
-from gato_ros.sim.tasks import COLOURS, PARK_X, PARK_Z, POOL_SIZE, REACH_DISTRACTORS, TASKS, Layout, get_task
+from gato_ros.sim.tasks import (
+    COLOURS,
+    PARK_X,
+    PARK_Z,
+    PICK_PLACE_LAYOUTS,
+    POOL_SIZE,
+    REACH_DISTRACTORS,
+    TASKS,
+    Layout,
+    get_task,
+)
 
 mujoco = import_mujoco()
 
@@ -59,6 +69,7 @@ class EnvConfig:
     position_jitter: float = 0.015  # m, uniform offset of each object around its slot centre
     yaw_jitter: float = 0.3  # rad, uniform yaw of each object
     reach_distractors: str = "colour"  # "colour": colour word suffices; "attribute": colour and shape both needed
+    pick_place_layout: str = "rows"  # "rows": cubes in the near row, bowls in the far row; "any": any slots
     terminate_on_success: bool = True
     camera: str = "camera"
     scene_path: str | None = None  # None: sim/scene.xml (see backend.sim_dir)
@@ -84,6 +95,8 @@ class EnvConfig:
             )
         if self.reach_distractors not in REACH_DISTRACTORS:
             raise ValueError(f"reach_distractors must be one of {REACH_DISTRACTORS}, got {self.reach_distractors!r}")
+        if self.pick_place_layout not in PICK_PLACE_LAYOUTS:
+            raise ValueError(f"pick_place_layout must be one of {PICK_PLACE_LAYOUTS}, got {self.pick_place_layout!r}")
         if not 0 <= self.yaw_jitter <= math.pi:
             raise ValueError(f"yaw_jitter must be in [0, pi] rad, got {self.yaw_jitter}")
 
@@ -180,7 +193,7 @@ class ArmEnv:
         name = options.get("task") or self.config.task
         if name is None:
             name = sorted(TASKS)[int(self._rng.integers(len(TASKS)))]
-        self.task = get_task(name, self.config.reach_distractors)
+        self.task = get_task(name, self.config.reach_distractors, self.config.pick_place_layout)
         self.layout = self.task.sample(self._rng, self.config.position_jitter, self.config.yaw_jitter)
 
         m, d = self.model, self.data

@@ -9,7 +9,7 @@ different instruction.
 | task | instruction | objects | success |
 |---|---|---|---|
 | `reach` | "reach the {colour} {shape}" | 4 objects of {cube, ball, cylinder}, one of each colour {red, green, blue, yellow} (or, with `reach_distractors="attribute"`, one sharing the target's colour and one its shape) | tool centre point within 3 cm of the target's surface |
-| `pick_place` | "put the {colour} cube in the {colour} bowl" | 3 cubes (distinct colours), 2 bowls (distinct colours) | target cube resting inside the target bowl (centre within 5.5 cm of the bowl axis, below 5 cm height) and not touching the fingers |
+| `pick_place` | "put the {colour} cube in the {colour} bowl" | 3 cubes (distinct colours) in the near row, 2 bowls (distinct colours) in the far row (or, with `pick_place_layout="any"`, anywhere) | target cube resting inside the target bowl (centre within 5.5 cm of the bowl axis, below 5 cm height) and not touching the fingers |
 
 Geometry (metres, world frame; the arm base is at the origin, the table top at z = 0): slots at x in {0.36, 0.60},
 y in {-0.10, 0.10, 0.30}; cubes 50 mm, balls 56 mm diameter, cylinders 44 mm x 90 mm, bowls 140 mm across with a
@@ -37,6 +37,7 @@ SLOTS = np.array([[0.36, -0.10], [0.36, 0.10], [0.36, 0.30], [0.60, -0.10], [0.6
 PARK_X, PARK_Z = 2.5, 0.5
 
 REACH_DISTRACTORS = ("colour", "attribute")
+PICK_PLACE_LAYOUTS = ("rows", "any")
 REACH_SUCCESS_DISTANCE = 0.03  # m, issue 4: "end effector within 3 cm of the named object"
 BOWL_INNER_RADIUS = 0.055  # m: rim walls sit at 60-72 mm; a 50 mm cube centre inside 55 mm is inside the rim
 BOWL_MAX_HEIGHT = 0.05  # m: a cube resting on the 12 mm base has its centre at 37 mm
@@ -73,9 +74,10 @@ class Layout:
 
 
 def _place(rng: np.random.Generator, kinds_colours: list[tuple[str, str]], jitter: float,
-           yaw_range: float) -> tuple[PlacedObject, ...]:
-    """Assign pool bodies and distinct random slots to (kind, colour) pairs, in order."""
-    slots = rng.permutation(len(SLOTS))[: len(kinds_colours)]
+           yaw_range: float, slots: np.ndarray | None = None) -> tuple[PlacedObject, ...]:
+    """Assign pool bodies and slots to (kind, colour) pairs, in order (random distinct slots unless given)."""
+    if slots is None:
+        slots = rng.permutation(len(SLOTS))[: len(kinds_colours)]
     used: dict[str, int] = {}
     placed = []
     for (kind, colour), slot in zip(kinds_colours, slots):
@@ -168,10 +170,23 @@ class Reach(Task):
 
 
 class PickPlace(Task):
-    """Pick the named cube and put it in the named bowl."""
+    """Pick the named cube and put it in the named bowl.
+
+    Two layout schemes (EnvConfig.pick_place_layout):
+    - "rows" (default): the three cubes fill the near row (closest to the camera, so they are largest in the image
+      where the grasp needs precision) in a random colour order; the two bowls take two random slots of the far
+      row. The policy has 3 grasp places and 3 drop places to learn; which one is meant is still only in the
+      instruction.
+    - "any": cubes and bowls in any five of the six slots (30 grasp/drop place pairs).
+    """
 
     name = "pick_place"
-    max_steps = 150  # 7.5 s at 20 Hz; the expert needs ~70 steps
+    max_steps = 150  # 7.5 s at 20 Hz; the expert needs ~60 steps
+
+    def __init__(self, layout: str = "rows"):
+        if layout not in PICK_PLACE_LAYOUTS:
+            raise ValueError(f"pick_place layout must be one of {PICK_PLACE_LAYOUTS}, got {layout!r}")
+        self.layout = layout
 
     def sample(self, rng, jitter, yaw_range):
         colours = list(COLOURS)
@@ -180,8 +195,12 @@ class PickPlace(Task):
         target_cube = int(rng.integers(3))
         target_bowl = int(rng.integers(2))
         chosen = [("cube", c) for c in cube_colours] + [("bowl", c) for c in bowl_colours]
-        objects = _place(rng, chosen, jitter, yaw_range)
-        # Bowls keep yaw 0 visually irrelevant (octagonal); cubes keep their sampled yaw.
+        slots = None
+        if self.layout == "rows":
+            near = np.flatnonzero(SLOTS[:, 0] > SLOTS[:, 0].mean())  # x = 0.60 row, nearer the camera
+            far = np.flatnonzero(SLOTS[:, 0] < SLOTS[:, 0].mean())
+            slots = np.concatenate([rng.permutation(near), rng.permutation(far)[:2]])
+        objects = _place(rng, chosen, jitter, yaw_range, slots)
         cube, bowl = objects[target_cube], objects[3 + target_bowl]
         return Layout(
             self.name,
@@ -208,10 +227,12 @@ def _touching_fingers(model, data, geom: str) -> bool:
 TASKS: dict[str, Task] = {t.name: t for t in (Reach(), PickPlace())}
 
 
-def get_task(name: str, reach_distractors: str = "colour") -> Task:
-    """The task called `name` (with the given reach distractor scheme), or a ValueError listing the known ones."""
+def get_task(name: str, reach_distractors: str = "colour", pick_place_layout: str = "rows") -> Task:
+    """The task called `name` with the given layout schemes, or a ValueError listing the known tasks."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
     if name == "reach" and reach_distractors != "colour":
         return Reach(reach_distractors)
+    if name == "pick_place" and pick_place_layout != "rows":
+        return PickPlace(pick_place_layout)
     return TASKS[name]
