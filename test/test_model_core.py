@@ -78,7 +78,7 @@ def test_cached_forward_equals_full_forward():
     """Incremental calls over the prefix + ring cache (the exported function) reproduce the full-context
     forward with the sliding-window mask, here over an episode that wraps the ring twice."""
     cfg, model = _tiny()
-    eps = synthetic_episodes(1, 2 * cfg.window_steps + 2)
+    eps = synthetic_episodes(1, cfg.window_steps + 3)  # the ring wraps
     norm = fit_normalizer(eps, cfg.action_mode)
     data = EpisodeSequences(eps, cfg, norm)
     T = len(eps[0].actions)

@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, default=d.val_every)
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--seed", type=int, default=d.seed, help="one seed for python, numpy and torch")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: cores / processes)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per process (0: cores / processes, but 1 when that is <= 2: on a shared "
+                        "2-core machine two threads are several times slower than one)")
     parser.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the final losses as JSON")

@@ -58,7 +58,7 @@ class TrainConfig:
     ckpt_every: int = 500
     seed: int = 0
     action_margin: float = 0.1  # action ranges widened by this share of the data's span per side
-    threads: int = 0  # torch intra-op threads (0: all cores / processes)
+    threads: int = 0  # torch intra-op threads per process (0: see `default_threads`)
     resume: bool = False  # continue RUN/checkpoint.pt if present
     progress: bool = True
 
@@ -83,6 +83,14 @@ def git_commit() -> str:
         return (sha or "unknown") + ("-dirty" if dirty and sha else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def default_threads(world: int = 1) -> int:
+    """Cores per process, but 1 on machines with <= 2 cores per process: there other work (the sim, the ROS
+    nodes, other jobs) competes for the cores, and torch's intra-op threads then wait on each other -- a gato-arm
+    step took 5.5 s with 2 threads vs 1.1 s with 1 on this shared 2-core box."""
+    per = max(1, (os.cpu_count() or 1) // world)
+    return 1 if per <= 2 else per
 
 
 def seed_everything(seed: int) -> None:
@@ -227,7 +235,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(tc.threads or default_threads(world))
     is_main = rank == 0
     seed_everything(tc.seed + rank)
     out = Path(tc.out)
