@@ -90,6 +90,10 @@ def test_recorder_node_records_topics_and_episode_markers(tmp_path, context):
             rclpy.parameter.Parameter("topics", value=["/joint_states", "/gato_sim/instruction"]),
         ],
     )
+    # Parameters mirror RecorderConfig (names and defaults).
+    assert recorder.get_parameter("storage").value == "mcap"
+    assert recorder.get_parameter("chunk_interval_s").value == 1.0
+    assert recorder.config.topics == ["/joint_states", "/gato_sim/instruction"]
     talker = rclpy.create_node("talker", context=context)
     ex = SingleThreadedExecutor(context=context)
     ex.add_node(recorder)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gato_ros.bags import EPISODE_TOPIC, TOPIC_TYPES, BagWriter, episode_marker
 from gato_ros.dataset import git_commit
+from gato_ros.ros.common import declare_config
 
 
 @dataclass
@@ -94,13 +95,7 @@ def _node_class():
     class _RecorderNode(Node):
         def __init__(self, node_name: str = "gato_recorder", **kwargs):
             super().__init__(node_name, **kwargs)
-            defaults = RecorderConfig(bag="unused")
-            for f in dataclasses.fields(RecorderConfig):
-                value = getattr(defaults, f.name) if f.name != "bag" else ""
-                self.declare_parameter(f.name, value)
-            params = {f.name: self.get_parameter(f.name).value for f in dataclasses.fields(RecorderConfig)}
-            params["topics"] = list(params["topics"] or [])
-            self.config = RecorderConfig(**params)
+            self.config = declare_config(self, RecorderConfig)  # ROS parameters mirror the dataclass
             self._queue: queue.Queue = queue.Queue(maxsize=self.config.max_queue)
             self._subscribed: dict[str, str] = {}
             self._subs = []
