@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gato_ros.sim.backend import import_mujoco, sim_dir
+from gato_ros.sim.kinematics import ARM_JOINTS
 from gato_ros.sim.tasks import (
     COLOURS,
     PARK_X,
@@ -41,15 +42,7 @@ from gato_ros.sim.tasks import (
 mujoco = import_mujoco()
 
 # The contract joint order: UR5e names plus the gripper opening.
-JOINT_NAMES = (
-    "shoulder_pan_joint",
-    "shoulder_lift_joint",
-    "elbow_joint",
-    "wrist_1_joint",
-    "wrist_2_joint",
-    "wrist_3_joint",
-    "gripper_joint",
-)
+JOINT_NAMES = ARM_JOINTS + ("gripper_joint",)
 # Actuator driving each joint above (the gripper actuator drives the finger tendon, target in metres per finger).
 ACTUATOR_NAMES = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3", "gripper")
 # Every robot joint, for /joint_states (the mimic finger is published too; consumers match by name).
