@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import sys
 import time
 from dataclasses import fields
 from typing import Any
@@ -57,3 +58,32 @@ def _field_doc(cls, name: str) -> str:
             if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
                 return " ".join(str(nxt.value.value).split())
     return ""
+
+
+def run_node(make_node, label: str, args: list[str] | None = None, threads: int = 1) -> int:
+    """What every node's console script does: rclpy.init, build the node (a `StartupError` becomes one line on
+    stderr and exit code 1), spin until Ctrl-C or shutdown (`threads` > 1: a MultiThreadedExecutor), clean up."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = make_node()
+        except StartupError as exc:
+            print(f"{label}: {exc}", file=sys.stderr)
+            return 1
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown()
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

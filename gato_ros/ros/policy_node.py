@@ -38,7 +38,7 @@ from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
+from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config, run_node
 from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_backend, image_to_model_input, to_grey
 from gato_ros.ros.policy_config import PolicyNodeConfig, load_policy
 from gato_ros.safety import SafetyConfig, SafetyFilter
@@ -453,32 +453,9 @@ def _fmt(value: Any) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script `gato_policy_node`: rclpy.init, spin on a MultiThreadedExecutor, clean shutdown."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = PolicyNode()
-        except StartupError as exc:
-            print(f"gato_policy: {exc}", file=sys.stderr)
-            return 1
-        # 3 threads: the inference timer, the sensor group, and one spare so services answer during inference.
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            executor.shutdown()
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Console script `gato_policy_node`."""
+    # 3 threads: the inference timer, the sensor group, and one spare so services answer during inference.
+    return run_node(PolicyNode, "gato_policy", args, threads=3)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gato_ros.bags import EPISODE_TOPIC, TOPIC_TYPES, BagWriter, episode_marker
 from gato_ros.dataset import git_commit
-from gato_ros.ros.common import declare_config
+from gato_ros.ros.common import declare_config, run_node
 
 
 @dataclass
@@ -65,23 +65,8 @@ def _message_class(msgtype: str):
 
 
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = _node_class()()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    """Console script `gato_recorder_node`; the bag is closed when the node is destroyed (SIGINT included)."""
+    return run_node(lambda: _node_class()(), "gato_recorder", args)
 
 
 def _node_class():
@@ -283,6 +268,10 @@ def _node_class():
             msg = DiagnosticArray(status=[status])
             msg.header.stamp = self.get_clock().now().to_msg()
             self._diag_pub.publish(msg)
+
+        def destroy_node(self) -> None:
+            self.close()
+            super().destroy_node()
 
         def close(self) -> None:
             """Drain the queue and close the bag (metadata.yaml, MCAP summary). Idempotent."""

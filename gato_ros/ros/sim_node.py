@@ -44,7 +44,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from gato_ros.ros.conversions import encode_image
-from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config
+from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config, run_node
 
 
 @dataclass
@@ -375,27 +375,8 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script `gato_sim_node`: rclpy.init, spin, clean shutdown."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = SimNode()
-        except StartupError as exc:
-            print(f"gato_sim: {exc}", file=sys.stderr)
-            return 1
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Console script `gato_sim_node`."""
+    return run_node(SimNode, "gato_sim", args)
 
 
 if __name__ == "__main__":
