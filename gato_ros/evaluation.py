@@ -45,11 +45,13 @@ def percentiles(values: Sequence[float]) -> dict:
 
 def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, policy_name: str = "policy",
              video=None, video_episodes: int = 2, progress: bool = True,
-             on_episode: Callable[[object], None] | None = None) -> dict:
+             on_episode: Callable[[object], None] | None = None,
+             prompts: Callable[[str, int], tuple[dict, np.ndarray]] | None = None) -> dict:
     """Run `episodes` episodes per task and summarise (see the module docstring).
 
     video: a `gato_ros.sim.video.VideoWriter` (or None); the first `video_episodes` episodes of each task are
-    drawn into it.
+    drawn into it. prompts: Gato few-shot prompting; `prompts(task, i)` returns a demonstration (observations,
+    actions) that is pinned with `policy.set_prompt` before episode i of `task` (the policy must support it).
     """
     from gato_ros.sim.rollout import run_episode
     from gato_ros.sim.tasks import get_task
@@ -73,6 +75,8 @@ def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, po
             on_frame = None
             if video is not None and i < video_episodes:
                 on_frame = lambda e: video.append(e.render_video_frame())  # noqa: E731
+            if prompts is not None:
+                policy.set_prompt(*prompts(task, i))
             r = run_episode(env, policy, seed=seed + i, task=task, on_frame=on_frame)
             results.append(r)
             ticks.extend(r.tick_ms)
@@ -98,6 +102,8 @@ def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, po
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0
+    if prompts is not None:
+        policy.set_prompt(None)
     return {
         "policy": policy_name,
         "tasks": per_task,
@@ -110,3 +116,52 @@ def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, po
         "control_rate_hz": env.config.control_rate_hz,
         "seed": seed,
     }
+
+
+def expert_prompts(env, seed: int) -> Callable[[str, int], tuple[dict, np.ndarray]]:
+    """Prompt source for `evaluate`: a fresh scripted-expert demonstration of the same task per episode, on env seed
+    `seed + i` (keep it apart from training and evaluation seeds). Only successful demonstrations are returned
+    (seeds whose demonstration fails are skipped), so the prompt ends at the goal, as in Gato."""
+    from gato_ros.sim import ScriptedExpert
+    from gato_ros.sim.rollout import run_episode
+
+    expert = ScriptedExpert(env)
+
+    def demo(task: str, i: int) -> tuple[dict, np.ndarray]:
+        for k in range(20):
+            r = run_episode(env, expert, seed=seed + i + k * 1_000_003, task=task, record=True)
+            if r.success:
+                return r.observations, r.actions
+        raise RuntimeError(f"the scripted expert failed 20 demonstrations of {task!r} from seed {seed + i}")
+
+    return demo
+
+
+def dataset_prompts(path, seed: int = 0) -> Callable[[str, int], tuple[dict, np.ndarray]]:
+    """Prompt source for `evaluate`: successful episodes of the same task from the dataset at `path`, in a fixed
+    shuffled order (`seed`); ValueError naming the task if the dataset has none."""
+    from gato_ros.dataset import EpisodeDataset
+
+    data = EpisodeDataset(path, successful_only=True, cache=False)
+    by_task: dict[str, list[int]] = {}
+    for j, p in enumerate(data.paths):
+        by_task.setdefault(_episode_task(p), []).append(j)
+    order = np.random.default_rng(seed)
+
+    shuffled = {t: list(order.permutation(idx)) for t, idx in sorted(by_task.items())}
+
+    def demo(task: str, i: int) -> tuple[dict, np.ndarray]:
+        idx = shuffled.get(task)
+        if not idx:
+            raise ValueError(f"prompt dataset {path} has no successful {task!r} episode "
+                             f"(it has: {sorted(shuffled) or 'none'})")
+        ep = data[int(idx[i % len(idx)])]
+        return ep.observations, ep.actions
+
+    return demo
+
+
+def _episode_task(path) -> str:
+    from gato_ros.dataset import _read_meta
+
+    return _read_meta(path)["task"]

@@ -110,3 +110,48 @@ def test_eval_a_real_bundle(capsys, tmp_path_factory):
     with pytest.raises(SystemExit, match="px"):
         main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--image-size", "32",
               "--no-progress"])
+
+
+def test_eval_with_gato_prompts_from_the_expert_and_a_dataset(capsys, tmp_path_factory, tmp_path):
+    """--prompt pins a successful same-task demonstration before each episode, and the prompt reaches the model."""
+    from ros_support import tiny_bundle
+
+    from gato_ros.evaluation import dataset_prompts, expert_prompts
+    from gato_ros.runtime import RuntimePolicy
+    from gato_ros.sim import ArmEnv, EnvConfig
+
+    bundle = tiny_bundle(tmp_path_factory)
+    assert main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "2", "--seed", "3", "--json",
+                 "--no-progress", "--prompt", "expert", "--execution-provider", "cpu"]) == 0
+    res = _json_out(capsys)
+    assert res["prompt"]["source"] == "expert" and res["prompt"]["steps"] >= 1
+    assert res["tasks"]["reach"]["episodes"] == 2
+
+    env = ArmEnv(EnvConfig(image_size=64))
+    try:
+        obs, info = env.reset(seed=7, options={"task": "reach"})
+        demo_obs, demo_act = expert_prompts(env, 2_000_000)("pick_place", 0)
+        assert len(demo_act) > 10 and demo_obs["image"].shape[1:] == (64, 64, 3)
+        policy = RuntimePolicy.load(str(bundle), execution_provider="cpu")
+        policy.trace = []
+        policy.set_instruction(info["instruction"])
+        policy.act(obs)
+        n = len(policy.trace)
+        policy.set_prompt(demo_obs, demo_act)
+        policy.act(obs)
+        plain, prompted = policy.trace[:n], policy.trace[n:]
+        assert n > 0 and len(prompted) > 0
+        assert max(float(np.abs(a - b).max()) for a, b in zip(plain, prompted)) > 1e-4  # the model saw the prompt
+    finally:
+        env.close()
+
+    data = tmp_path / "demos"
+    assert main(["collect", "--task", "reach", "--episodes", "2", "--seed", "40", "--out", str(data),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    demo_obs, demo_act = dataset_prompts(data)("reach", 5)
+    assert len(demo_act) == len(demo_obs["joint_pos"]) > 5
+    with pytest.raises(ValueError, match="no successful 'pick_place'"):
+        dataset_prompts(data)("pick_place", 0)
+    with pytest.raises(SystemExit, match="--ros"):
+        main(["eval", "--policy", str(bundle), "--episodes", "1", "--prompt", "expert", "--ros", "--no-progress"])

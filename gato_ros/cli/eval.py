@@ -1,6 +1,7 @@
 """`gato-ros eval`: closed-loop evaluation of a model bundle, the scripted expert or a random policy in the sim.
 
     gato-ros eval --policy expert|random|BUNDLE_DIR [--task T ...] --episodes N --seed S --json [--video out.mp4]
+    gato-ros eval --policy BUNDLE_DIR --prompt expert|DATASET_DIR ...   # Gato few-shot prompting
 
 Prints the DESIGN.md contract JSON: {"policy", "tasks": {T: {"episodes", "success_rate", "ci95", "mean_steps"}},
 "tick_ms": {"p50", "p99"}} plus extra fields. Episode i of each task uses env seed `seed + i`; the default seed
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_SEED = 1_000_000
+DEFAULT_PROMPT_SEED = 2_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime provider for a bundle (default auto)")
     parser.add_argument("--ros", action="store_true",
                         help="run the episodes through the ROS 2 node graph instead of calling the policy directly")
+    parser.add_argument("--prompt", metavar="expert|DATASET_DIR",
+                        help="Gato few-shot prompting: pin a successful demonstration of the same task before each "
+                             "episode, from the scripted expert (fresh layouts from --prompt-seed) or a dataset")
+    parser.add_argument("--prompt-seed", type=int, default=DEFAULT_PROMPT_SEED,
+                        help=f"env seed of the first expert prompt (default {DEFAULT_PROMPT_SEED}: never used by "
+                             "collect or eval defaults)")
     parser.add_argument("--out", metavar="PATH", help="also write the JSON result to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -92,7 +100,11 @@ def run(args) -> int:
     tasks = resolve_tasks(args.task)
     if args.episodes < 1:
         raise SystemExit("--episodes must be >= 1")
+    if args.prompt and args.policy in ("expert", "random"):
+        raise SystemExit("--prompt applies to a model bundle, not to --policy expert/random")
     if args.ros:
+        if args.prompt:
+            raise SystemExit("--prompt is not supported with --ros yet: the policy node has no prompt interface")
         try:
             from gato_ros.ros import eval_ros
         except ModuleNotFoundError as e:
@@ -110,6 +122,14 @@ def run(args) -> int:
         env = ArmEnv(EnvConfig(image_size=size or 64, reach_distractors=args.reach_distractors,
                                        pick_place_layout=args.pick_place_layout))
         policy, name = load_policy(args.policy, env, args.seed, args.execution_provider)
+        prompts = None
+        if args.prompt:
+            from gato_ros.evaluation import dataset_prompts, expert_prompts
+
+            if policy.cfg.prompt_steps == 0:
+                raise SystemExit(f"--prompt: bundle {args.policy} was trained without prompt slots")
+            prompts = (expert_prompts(env, args.prompt_seed) if args.prompt == "expert"
+                       else dataset_prompts(args.prompt, args.prompt_seed))
         video = None
         if args.video:
             from gato_ros.sim.video import VideoWriter
@@ -117,13 +137,15 @@ def run(args) -> int:
             video = VideoWriter(args.video, fps=env.config.control_rate_hz)
         try:
             result = evaluate(env, policy, tasks, args.episodes, seed=args.seed, policy_name=name, video=video,
-                              video_episodes=args.video_episodes, progress=not args.no_progress)
+                              video_episodes=args.video_episodes, progress=not args.no_progress, prompts=prompts)
         finally:
             if video is not None:
                 video.close()
             env.close()
         if video is not None:
             result["video"] = str(args.video)
+        if args.prompt:
+            result["prompt"] = {"source": args.prompt, "seed": args.prompt_seed, "steps": policy.cfg.prompt_steps}
         provider = getattr(policy, "provider", None)
         if provider is not None:
             result["provider"] = provider
