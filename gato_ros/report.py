@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Sequence
 
 
+def _label(r: dict) -> str:
+    """A policy's row label: the bundle's name, plus how it ran when that differs from the plain ROS-free eval."""
+    label = Path(str(r["policy"])).name
+    if r.get("prompt"):
+        label += " + prompt"
+    if r.get("transport") == "ros2":
+        label += " (ROS)"
+    return label
+
+
 def plot_success(results: Sequence[dict], path: str | Path, title: str = "closed-loop success (95% Wilson CI)") -> None:
     """Grouped bars: success rate per task for each policy, with the Wilson interval as error bars."""
     import matplotlib
@@ -33,7 +43,7 @@ def plot_success(results: Sequence[dict], path: str | Path, title: str = "closed
         hi = [r["tasks"].get(t, {}).get("ci95", [rate, rate])[1] - rate for t, rate in zip(tasks, rates)]
         n = max((r["tasks"].get(t, {}).get("episodes", 0) for t in tasks), default=0)
         ax.bar(x + (k - (len(results) - 1) / 2) * width, rates, width, yerr=[lo, hi], capsize=3,
-               label=f"{Path(str(r['policy'])).name} (n={n}/task)")
+               label=f"{_label(r)} (n={n}/task)")
     ax.set_xticks(x, tasks)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate")
@@ -52,7 +62,7 @@ def _table(results: Sequence[dict]) -> str:
         for task, t in sorted(r["tasks"].items()):
             lo, hi = t["ci95"]
             rows.append(
-                f"| {Path(str(r['policy'])).name} | {task} | {t['episodes']} | {t['success_rate']:.0%} | "
+                f"| {_label(r)} | {task} | {t['episodes']} | {t['success_rate']:.0%} | "
                 f"[{lo:.0%}, {hi:.0%}] | {t['mean_steps']:.1f} | "
                 f"{(tick.get('p50') or 0):.2f} / {(tick.get('p99') or 0):.2f} |")
     return "\n".join(rows)
@@ -70,8 +80,8 @@ def write_model_card(run: str | Path, bundle: str | Path, notes: str = "") -> Pa
     plot_success(results, bundle / "success.png")
     if (run / "loss.png").is_file():
         shutil.copy(run / "loss.png", bundle / "loss.png")
-    own = [r for r in results if Path(str(r["policy"])).resolve() == bundle.resolve()
-           or Path(str(r["policy"])).name == bundle.name]
+    own = [r for r in results if (Path(str(r["policy"])).resolve() == bundle.resolve()
+                                  or Path(str(r["policy"])).name == bundle.name) and _label(r) == bundle.name]
     meta["eval"] = own[0] if own else None
     (bundle / "gato.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -89,8 +99,11 @@ pinned instruction prefix; actions are `{cfg['action_mode']}` joint targets in 1
 
 Reproduce with `make model` (`scripts/make_model.sh`): scripted-expert demonstrations in the sim
 (`gato-ros collect`, fixed seeds, action noise on executed targets with clean labels), then
-`gato-ros train --config {cfg['name']} --steps {tc['steps']} --batch-size {tc['batch_size']} --lr {tc['lr']}`,
-`gato-ros export`, and `gato-ros eval` of the bundle, the expert and a random policy on the same held-out seeds.
+`gato-ros train --config {cfg['name']} --steps {tc['steps']} --batch-size {tc['batch_size']} --lr {tc['lr']}\
+{f" --label-sigma {tc['label_sigma']}" if tc.get('label_sigma') else ""}`,
+`gato-ros export`, and `gato-ros eval` of the bundle, the expert and a random policy on the same held-out seeds
+(the bundle also with a Gato prompt, `--prompt expert`, and through the ROS node graph, `--ros`, where those rows
+appear below).
 
 - data: {', '.join(train.get('data', []))}; episodes: {train.get('episodes')}
 - git commit of the training code: `{train.get('git_commit')}`

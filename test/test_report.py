@@ -25,8 +25,12 @@ def test_model_card_tables_every_policy_and_records_the_bundle_eval(tmp_path):
     for name, reach, pick in (("gato_test", 17, 9), ("expert", 20, 20), ("random", 0, 0)):
         policy = str(bundle) if name == "gato_test" else name
         (run / "eval" / f"{name}.json").write_text(json.dumps(_result(policy, reach, pick)))
+    # The same bundle with a Gato prompt and through the ROS graph: own rows, and not taken as the bundle's eval.
+    (run / "eval" / "prompted.json").write_text(json.dumps(dict(_result(str(bundle), 19, 11), prompt={"source": "e"})))
+    (run / "eval" / "ros.json").write_text(json.dumps(dict(_result(str(bundle), 16, 8), transport="ros2")))
     card = write_model_card(run, bundle, notes="## Known failure modes\n\nsome").read_text()
     assert "| gato_test | reach | 20 | 85% |" in card and "| random | pick_place | 20 | 0% |" in card
+    assert "| gato_test + prompt | reach | 20 | 95% |" in card and "| gato_test (ROS) | pick_place | 20 | 40% |" in card
     assert "Known failure modes" in card
     assert (bundle / "success.png").stat().st_size > 1000
     meta = json.loads((bundle / "gato.json").read_text())
