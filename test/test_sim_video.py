@@ -38,3 +38,11 @@ def test_video_round_trip(tmp_path):
     assert len(frames) == 7 and frames[0].shape == (64, 64, 3)
     assert abs(float(frames[3].mean()) - 92) < 8  # colours survive H.264 roughly
     assert reader.get_meta_data()["fps"] == 20
+
+
+def test_video_without_frames_writes_nothing_and_keeps_an_older_file(tmp_path):
+    path = tmp_path / "v.mp4"
+    path.write_bytes(b"older video")
+    w = VideoWriter(path, fps=20)
+    assert w.close() is None
+    assert path.read_bytes() == b"older video" and not list(tmp_path.glob("*.tmp.mp4"))

@@ -219,15 +219,8 @@ class GraphClient:
 
 
 def close_video(video) -> None:
-    """Finish a VideoWriter; one that got no frame (the graph failed before the first image) leaves no file and
-    must not hide the error that stopped the run."""
-    if video.frames:
-        video.close()
-    else:
-        try:
-            video.close()
-        except OSError:
-            pass
+    """Finish a VideoWriter; one that got no frame (the graph failed before the first image) leaves no file."""
+    video.close()
 
 
 def bundle_facts(bundle: str | Path) -> dict:

@@ -73,13 +73,17 @@ class VideoWriter:
         self._writer.append_data(np.ascontiguousarray(frame))
         self.frames += 1
 
-    def close(self) -> Path:
-        """Finish the file and move it into place; returns the path."""
+    def close(self) -> Path | None:
+        """Finish the file and move it into place; returns the path, or None when no frame was appended (then no
+        file is written, and nothing that was at the path before is replaced)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if self.frames == 0:
+                self._tmp.unlink(missing_ok=True)
+                return None
             self._tmp.replace(self.path)
-        return self.path
+        return self.path if self.frames else None
 
     def __enter__(self):
         return self
