@@ -45,12 +45,15 @@ class ConversionReport:
 
 
 def infer_task(instruction: str) -> str:
-    """Our sim's templates: "reach the ..." -> reach, "put the ..." -> pick_place; anything else -> "custom"."""
+    """Our sim's templates: "reach the ..." -> reach, "put the ..." -> pick_place, "point above the ..." ->
+    point_above; anything else -> "custom"."""
     words = instruction.strip().lower().split()
     if words[:1] == ["reach"]:
         return "reach"
     if words[:1] == ["put"]:
         return "pick_place"
+    if words[:2] == ["point", "above"]:
+        return "point_above"
     return "custom"
 
 

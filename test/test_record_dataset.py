@@ -162,4 +162,5 @@ def test_cli_from_bags_json(tmp_path):
 def test_infer_task():
     assert infer_task("reach the red ball") == "reach"
     assert infer_task("Put the red cube in the blue bowl") == "pick_place"
+    assert infer_task("point above the blue ball") == "point_above"
     assert infer_task("wave") == "custom"

@@ -49,3 +49,63 @@ def test_pick_place_succeeds_only_after_release(env):
     cube = env.data.body(env.layout.target).xpos
     bowl = env.data.body(env.layout.receptacle).xpos
     assert np.hypot(*(cube[:2] - bowl[:2])) < 0.055
+
+
+def test_point_above_shares_reach_layouts_and_defaults_stay():
+    from gato_ros.sim.tasks import TASKS, VARIANTS, get_task, task_names
+
+    # The original tasks (default rotation, "all") are unchanged; the variant is known only by name.
+    assert sorted(TASKS) == ["pick_place", "reach"] and "point_above" in VARIANTS
+    assert task_names() == ["pick_place", "reach", "point_above"]
+    assert get_task("point_above").name == "point_above"
+    assert get_task("point_above", reach_distractors="attribute").distractors == "attribute"
+    with pytest.raises(ValueError, match="point_above"):
+        get_task("wave")
+    e = ArmEnv(EnvConfig())
+    try:
+        for seed in (0, 7, 123):
+            e.reset(seed=seed, options={"task": "reach"})
+            reach = e.layout
+            _, info = e.reset(seed=seed, options={"task": "point_above"})
+            assert e.layout.objects == reach.objects and e.layout.target == reach.target
+            assert info["instruction"] == reach.instruction.replace("reach the", "point above the")
+            assert not info["success"]  # the home pose is 36 cm up and not over an object
+    finally:
+        e.close()
+
+
+def test_point_above_needs_height_position_and_stillness(env):
+    from gato_ros.sim.tasks import POINT_ABOVE_HEIGHT, VARIANTS
+
+    task = VARIANTS["point_above"]
+    env.reset(seed=4, options={"task": "point_above"})
+    expert = ScriptedExpert(env)
+    obs, done, info = env.observation(), False, {}
+    while not done:
+        obs, _, terminated, truncated, info = env.step(expert.act(obs))
+        done = terminated or truncated
+    assert info["success"] and info["step"] <= 25
+    tcp, centre = env.data.site("tcp").xpos, env.data.body(env.layout.target).xpos
+    assert abs(tcp[2] - POINT_ABOVE_HEIGHT) < 0.01 and np.hypot(*(tcp[:2] - centre[:2])) < 0.01
+    # Moving through the same place does not count.
+    from gato_ros.sim.env import mujoco
+
+    assert task.success(env.model, env.data, env.layout)
+    env.data.qvel[env.model.joint("shoulder_pan_joint").dofadr[0]] = 0.5
+    mujoco.mj_forward(env.model, env.data)
+    assert not task.success(env.model, env.data, env.layout)
+
+
+def test_reaching_never_counts_as_pointing(env):
+    """The reach expert's whole path, judged by point_above: never a success (the variant is a new goal)."""
+    from gato_ros.sim.tasks import VARIANTS
+
+    task = VARIANTS["point_above"]
+    for seed in range(10):
+        obs, _ = env.reset(seed=seed, options={"task": "reach"})
+        expert = ScriptedExpert(env)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(expert.act(obs))
+            assert not task.success(env.model, env.data, env.layout)
+            done = terminated or truncated

@@ -13,7 +13,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", metavar="T",
-                        help="task to demonstrate: reach, pick_place or all (repeatable; default: all)")
+                        help="task to demonstrate: reach, pick_place, all (= those two) or the variant point_above "
+                        "(repeatable; default: all)")
     parser.add_argument("--episodes", type=int, required=True, help="episodes per task")
     parser.add_argument("--out", required=True, help="dataset directory (created; existing datasets are appended to)")
     parser.add_argument("--seed", type=int, default=0, help="env seed of the first episode (default 0)")

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, metavar="expert|random|BUNDLE_DIR",
                         help="the scripted expert, a random-walk policy, or a model bundle directory")
     parser.add_argument("--task", action="append", metavar="T",
-                        help="task to evaluate: reach, pick_place or all (repeatable; default: all)")
+                        help="task to evaluate: reach, pick_place, all (= those two) or the variant point_above "
+                        "(repeatable; default: all)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per task (default 20)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"env seed of episode 0 (default {DEFAULT_SEED})")

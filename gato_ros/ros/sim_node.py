@@ -92,9 +92,10 @@ class SimNode(Node):
         super().__init__(node_name, **kwargs)
         self.config = declare_config(self, SimNodeConfig)
         from gato_ros.sim.env import JOINT_NAMES  # mujoco is imported here, not when the module is imported
-        from gato_ros.sim.tasks import TASKS
+        from gato_ros.sim.tasks import TASKS, task_names
 
-        self._task_names = sorted(TASKS)
+        self._task_names = sorted(TASKS)  # the rotation when `task` is empty
+        self._known_tasks = task_names()  # what `task` may name (variants included)
         self.joint_names = list(JOINT_NAMES)  # command order; set before any command callback can run
         self._sim_clock = 0.0  # s of sim time since start, monotonic across episodes
         self._check_task(self.config.task)
@@ -139,13 +140,13 @@ class SimNode(Node):
 
     # ---- ROS side ------------------------------------------------------------------------------------------
     def _check_task(self, task: str) -> None:
-        if task and task not in self._task_names:
-            raise StartupError(f"unknown task {task!r}; set task to one of {self._task_names} or empty to rotate")
+        if task and task not in self._known_tasks:
+            raise StartupError(f"unknown task {task!r}; set task to one of {self._known_tasks} or empty to rotate")
 
     def _on_parameters(self, params) -> SetParametersResult:
         for p in params:
-            if p.name == "task" and p.value and p.value not in self._task_names:
-                return SetParametersResult(successful=False, reason=f"unknown task {p.value!r}; one of {self._task_names}")
+            if p.name == "task" and p.value and p.value not in self._known_tasks:
+                return SetParametersResult(successful=False, reason=f"unknown task {p.value!r}; one of {self._known_tasks}")
         for p in params:
             if p.name in ("task", "seed", "auto_reset", "reset_delay_s", "max_steps", "lockstep", "keepalive_s",
                           "reset_grace_s"):

@@ -8,6 +8,7 @@ the same order every episode, so a small model can imitate it:
 | task | phases (tool z = down, fixed yaw) |
 |---|---|
 | reach | approach (tool 14 cm above the table over the target) -> descend (7.5 cm) -> hold |
+| point_above | approach (tool 20 cm above the table over the target) -> hold (until the arm is still) |
 | pick_place | approach (12.5 cm over the cube) -> descend (2 cm) -> close -> lift (16 cm) -> carry (over the bowl) -> lower (9 cm) -> open -> retreat (20 cm) -> hold |
 
 Waypoint heights are fixed (not per shape), so the joint targets depend only on where the objects are.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gato_ros.sim.kinematics import ArmIK
+from gato_ros.sim.tasks import POINT_ABOVE_HEIGHT
 
 GRIPPER_OPEN = 0.0425  # m per finger (2F-85 stroke / 2)
 GRIPPER_CLOSED = 0.0
@@ -157,6 +159,12 @@ class ScriptedExpert:
             return [
                 _Phase("approach", "move", GRIPPER_OPEN, at_height(target, REACH_APPROACH_Z), tol=0.05),
                 _Phase("descend", "move", GRIPPER_OPEN, at_height(target, REACH_Z), tol=0.01),
+                _Phase("hold", "hold", GRIPPER_OPEN),
+            ]
+        if layout.task == "point_above":
+            # One move straight to the hover pose, then hold: success needs the arm to have stopped there.
+            return [
+                _Phase("approach", "move", GRIPPER_OPEN, at_height(target, POINT_ABOVE_HEIGHT), tol=0.01),
                 _Phase("hold", "hold", GRIPPER_OPEN),
             ]
         if layout.task == "pick_place":

@@ -10,6 +10,11 @@ different instruction.
 |---|---|---|---|
 | `reach` | "reach the {colour} {shape}" | 4 objects of {cube, ball, cylinder}, one of each colour {red, green, blue, yellow} (or, with `reach_distractors="attribute"`, one sharing the target's colour and one its shape) | tool centre point within 3 cm of the target's surface |
 | `pick_place` | "put the {colour} cube in the {colour} bowl" | 3 cubes (distinct colours) in the near row, 2 bowls (distinct colours) in the far row (or, with `pick_place_layout="any"`, anywhere) | target cube resting inside the target bowl (centre within 5.5 cm of the bowl axis, below 5 cm height) and not touching the fingers |
+| `point_above` (variant) | "point above the {colour} {shape}" | as `reach` (same layout for the same seed) | tool centre point held still (< 5 cm/s) 17.5-22.5 cm above the table (11-15 cm above the object's top) and within 3 cm of the object's vertical axis |
+
+`TASKS` are the original tasks: the default rotation of the env and the sim node, and what `--task all` means; the
+shipped model, its data and its evaluations depend on them and on their layouts per seed. `VARIANTS` are tasks
+added later to show fine-tuning on something new (issue 7); they are only used when named.
 
 Geometry (metres, world frame; the arm base is at the origin, the table top at z = 0): slots at x in {0.36, 0.60},
 y in {-0.10, 0.10, 0.30}; cubes 50 mm, balls 56 mm diameter, cylinders 44 mm x 90 mm, bowls 140 mm across with a
@@ -17,7 +22,7 @@ y in {-0.10, 0.10, 0.30}; cubes 50 mm, balls 56 mm diameter, cylinders 44 mm x 9
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,6 +46,12 @@ PICK_PLACE_LAYOUTS = ("rows", "any")
 REACH_SUCCESS_DISTANCE = 0.03  # m, issue 4: "end effector within 3 cm of the named object"
 BOWL_INNER_RADIUS = 0.055  # m: rim walls sit at 60-72 mm; a 50 mm cube centre inside 55 mm is inside the rim
 BOWL_MAX_HEIGHT = 0.05  # m: a cube resting on the 12 mm base has its centre at 37 mm
+# point_above: a fixed tool height for every shape (as reach's fixed heights), 6 cm above reach's approach height
+# (14 cm), so reaching -- passing 14 cm, ending at 7.5 cm -- never counts as pointing.
+POINT_ABOVE_HEIGHT = 0.20  # m above the table: 11 cm over a cylinder's top, 14.4 cm over a ball's, 15 cm over a cube's
+POINT_ABOVE_HEIGHT_TOLERANCE = 0.025  # m
+POINT_ABOVE_XY_TOLERANCE = 0.03  # m from the object's vertical axis (reach's 3 cm)
+POINT_ABOVE_MAX_SPEED = 0.05  # m/s: "stop above" -- moving through the zone is not pointing
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,37 @@ class PickPlace(Task):
         return bool(inside and not _touching_fingers(model, data, layout.target))
 
 
+class PointAbove(Reach):
+    """Stop the tool centre point above the named object (the fine-tuning variant of reach, issue 7).
+
+    Same objects and distractors as `reach` -- for a given seed, the same layout -- with a new verb and a new goal:
+    hover `POINT_ABOVE_HEIGHT` over the object and stay there. Staying close to an existing skill with a new word
+    and goal is Gato's few-shot setting (Reed et al. 2022, Sec. 5.2): the shipped model reaches but was never
+    told to stop higher up.
+    """
+
+    name = "point_above"
+    max_steps = 60  # as reach; the expert needs ~25 steps (move, then settle below the speed limit)
+
+    def sample(self, rng, jitter, yaw_range):
+        layout = super().sample(rng, jitter, yaw_range)
+        target = layout.object(layout.target)
+        return replace(layout, instruction=f"point above the {target.colour} {target.kind}")
+
+    def success(self, model, data, layout):
+        import mujoco  # already imported by the env (backend chosen there)
+
+        tcp = data.site("tcp").xpos
+        centre = data.body(layout.target).xpos
+        over = np.hypot(*(tcp[:2] - centre[:2])) < POINT_ABOVE_XY_TOLERANCE
+        high = abs(tcp[2] - POINT_ABOVE_HEIGHT) < POINT_ABOVE_HEIGHT_TOLERANCE
+        if not (over and high):
+            return False
+        velocity = np.zeros(6)  # (angular, linear) in the world frame
+        mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_SITE, model.site("tcp").id, velocity, 0)
+        return bool(np.linalg.norm(velocity[3:]) < POINT_ABOVE_MAX_SPEED)
+
+
 def _touching_fingers(model, data, geom: str) -> bool:
     """True if the named geom is in contact with either finger pad (i.e. still held)."""
     gid = model.geom(geom).id
@@ -224,15 +266,22 @@ def _touching_fingers(model, data, geom: str) -> bool:
     g1, g2 = data.contact.geom1, data.contact.geom2  # (ncon,) each
     return bool(np.any(((g1 == gid) & np.isin(g2, pads)) | ((g2 == gid) & np.isin(g1, pads))))
 
+# The original tasks (default rotation, "all"); variants only when named. See the module docstring.
 TASKS: dict[str, Task] = {t.name: t for t in (Reach(), PickPlace())}
+VARIANTS: dict[str, Task] = {t.name: t for t in (PointAbove(),)}
+
+
+def task_names() -> list[str]:
+    """Every task `get_task` knows: the original tasks, then the variants."""
+    return sorted(TASKS) + sorted(VARIANTS)
 
 
 def get_task(name: str, reach_distractors: str = "colour", pick_place_layout: str = "rows") -> Task:
     """The task called `name` with the given layout schemes, or a ValueError listing the known tasks."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
-    if name == "reach" and reach_distractors != "colour":
-        return Reach(reach_distractors)
+    if name not in TASKS and name not in VARIANTS:
+        raise ValueError(f"unknown task {name!r}; expected one of {task_names()}")
+    if name in ("reach", "point_above") and reach_distractors != "colour":
+        return type(VARIANTS.get(name) or TASKS[name])(reach_distractors)
     if name == "pick_place" and pick_place_layout != "rows":
         return PickPlace(pick_place_layout)
-    return TASKS[name]
+    return TASKS.get(name) or VARIANTS[name]
