@@ -6,8 +6,9 @@
 Episodes are delimited by our markers on /gato/episode (start / end with success / discard) when a bag has them,
 otherwise by gaps of more than `gap_s` in /joint_states. Actions come either from the commands the policy or expert
 sent (`actions="commands"`: the latest /position_controller/commands or /arm_controller/joint_trajectory command
-received in (t_k, t_k+1], held from the previous tick if none arrived), or, for teleoperated or kinesthetic demos
-without commands, from the next joint positions (`actions="next_state"`: action_k = joint_pos at t_k+1).
+received up to t_k+1 and before the image after observation k, i.e. held from before if none arrived), or, for
+teleoperated or kinesthetic demos without commands, from the next joint positions (`actions="next_state"`:
+action_k = joint_pos at t_k+1).
 
 Nothing is dropped silently: an episode without an end marker (the recorder was killed) is kept with
 success=False and a note; ticks before the first image or joint state are skipped and counted in the report;
@@ -230,8 +231,12 @@ def convert_bags(
             valid = (ji >= 0) & (ii >= 0)
             valid &= (ticks - j_stamps[np.maximum(ji, 0)] <= max_age) & (ticks - i_stamps[np.maximum(ii, 0)] <= max_age)
             if actions == "commands":
-                # The command answering observation k arrives after t_k; take the latest one up to t_k+1.
-                ci = _latest_index(c_stamps, ticks + period)
+                # The command answering observation k arrives after it: take the latest one up to t_k+1, but not
+                # one received after the next image, which answers that image. Without the second bound a tick
+                # that falls late in a frame's interval gets the next frame's command (an off-by-one label).
+                following = i_stamps[np.minimum(ii + 1, i_stamps.size - 1)] - 1
+                following = np.where(ii + 1 < i_stamps.size, following, np.iinfo(np.int64).max)
+                ci = _latest_index(c_stamps, np.minimum(ticks + period, following))
                 valid &= ci >= 0
                 # Keep the ticks between the episode's first and last command: before, nothing was commanded
                 # yet; after, no command answered the observation.

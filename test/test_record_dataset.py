@@ -55,8 +55,10 @@ def test_bag_and_collected_datasets_report_the_same_structure(tmp_path):
     assert ea.actions.shape[1:] == eb.actions.shape[1:]
 
 
-def _synthetic_bag(path, storage="mcap", with_commands=True, compressed_images=False, markers=False, gap=False):
-    """Two bursts of 1 s at 20 Hz; joint i moves linearly; the command is the next position."""
+def _synthetic_bag(path, storage="mcap", with_commands=True, compressed_images=False, markers=False, gap=False,
+                   names_in_burst=None):
+    """Two bursts of 1 s at 20 Hz; joint i moves linearly; the command is the next position.
+    names_in_burst: {burst: joint names} replaces the joint names of that burst's /joint_states."""
     w = BagWriter(path, storage=storage)
     c = w.message_class
     hdr = c("std_msgs/msg/Header")(stamp=c("builtin_interfaces/msg/Time")(sec=0, nanosec=0), frame_id="")
@@ -70,8 +72,9 @@ def _synthetic_bag(path, storage="mcap", with_commands=True, compressed_images=F
         for k in range(20):
             t = t0 + burst * (3 * 10**9 if gap else 10**9) + k * 50_000_000
             q = np.full(7, 0.01 * (k + 20 * burst))
+            names = list((names_in_burst or {}).get(burst, JOINT_NAMES))
             w.write_message("/joint_states", "sensor_msgs/msg/JointState", t, c("sensor_msgs/msg/JointState")(
-                header=hdr, name=list(JOINT_NAMES), position=q, velocity=np.zeros(7), effort=np.zeros(0)))
+                header=hdr, name=names, position=q[:len(names)], velocity=np.zeros(len(names)), effort=np.zeros(0)))
             rgb = np.full((48, 64, 3), (k * 10) % 255, np.uint8)
             if compressed_images:
                 from PIL import Image as PILImage
@@ -108,6 +111,16 @@ def test_gaps_split_episodes_and_commands_label_ticks(tmp_path, storage):
         assert ep.observations["image"].shape == (20, 32, 32, 3)  # mono8 48x64 -> RGB 32x32
 
 
+def test_command_labels_the_frame_it_answers_whatever_the_tick_phase(tmp_path):
+    """Ticks start at the start marker, 1 ns before the first frame: each tick sees frame k-1 while frame k's
+    command already lies within one period. The label must still be the command sent after frame k-1."""
+    bag = _synthetic_bag(tmp_path / "bag", markers=True)
+    convert_bags([bag], tmp_path / "ds")
+    ep = EpisodeDataset(tmp_path / "ds")[0]
+    assert len(ep) >= 38
+    np.testing.assert_allclose(ep.actions, ep.observations["joint_pos"] + 0.01)
+
+
 def test_next_state_actions_and_compressed_images(tmp_path):
     bag = _synthetic_bag(tmp_path / "bag", with_commands=False, compressed_images=True, markers=True)
     with pytest.raises(ValueError, match=r"missing /position_controller/commands.*next.state"):
@@ -136,6 +149,17 @@ def test_mismatched_joint_names_are_reported(tmp_path):
     with pytest.raises(ValueError, match="missing.*elbow_2"):
         convert_bags([bag], tmp_path / "ds", joint_names=list(JOINT_NAMES[:6]) + ["elbow_2"],
                      joint_limits=np.zeros((7, 2)))
+
+
+def test_joint_states_lacking_a_joint_are_reported_and_the_rest_kept(tmp_path):
+    """The second burst's /joint_states lack elbow_joint: the first burst still becomes an episode and the report
+    says how many joint states were unusable and why."""
+    short = [n for n in JOINT_NAMES if n != "elbow_joint"]
+    bag = _synthetic_bag(tmp_path / "bag", gap=True, names_in_burst={1: short})
+    report = convert_bags([bag], tmp_path / "ds")
+    assert report.episodes_written == 1 and report.steps_written == 20
+    assert any("20 of 40 joint states unusable" in n and "elbow_joint" in n for n in report.notes), report.notes
+    np.testing.assert_allclose(EpisodeDataset(tmp_path / "ds")[0].actions[:, 0], 0.01 * np.arange(20) + 0.01)
 
 
 def test_truncated_bag_keeps_its_complete_part(tmp_path):
