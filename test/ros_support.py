@@ -112,6 +112,7 @@ class Harness:
                 d = {kv.key: kv.value for kv in s.values}
                 d["_level"] = s.level[0] if isinstance(s.level, bytes) else int(s.level)
                 d["_message"] = s.message
+                d["_t"] = time.monotonic()
                 with self.lock:
                     self.diagnostics.append(d)
 
@@ -185,6 +186,51 @@ class Harness:
     def last_diagnostics(self) -> dict:
         with self.lock:
             return dict(self.diagnostics[-1]) if self.diagnostics else {}
+
+
+class Running:
+    """A policy node + harness spinning on one MultiThreadedExecutor in a background thread.
+
+    `policy` (optional) is handed to the node instead of loading the bundle, e.g. a fault-injecting wrapper around
+    the real RuntimePolicy. `restart_node()` destroys the policy node and builds a new one with the same parameters,
+    while the harness keeps playing its streams (a node restarted mid-episode).
+    """
+
+    def __init__(self, context, bundle, rate: float = 20.0, policy=None, **params):
+        import rclpy.executors
+
+        self.context, self._policy = context, policy
+        self.overrides = {"model_path": str(bundle), "control_rate_hz": rate, "execution_provider": "cpu",
+                          "inference_threads": 1, **params}
+        self.node = self._make_node()
+        self.harness = Harness(context)
+        self.executor = rclpy.executors.MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.harness.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _make_node(self):
+        from rclpy.parameter import Parameter
+
+        from gato_ros.ros.policy_node import PolicyNode
+
+        return PolicyNode(policy=self._policy, context=self.context,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in self.overrides.items()])
+
+    def restart_node(self, **params) -> None:
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+        self.overrides.update(params)
+        self.node = self._make_node()
+        self.executor.add_node(self.node)
+
+    def close(self):
+        self.harness.stop()
+        self.executor.shutdown()
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+        self.harness.node.destroy_node()
 
 
 def rgb_image(height: int, width: int, encoding: str = "rgb8", seed: int = 0):

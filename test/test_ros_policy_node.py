@@ -5,7 +5,6 @@ harness node plays camera and joint-state streams and records what comes out. Ev
 """
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -13,10 +12,8 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
 import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_support import HOME, JOINTS, Harness, assert_safe_sequence, rgb_image, tiny_bundle  # noqa: E402
+from ros_support import HOME, JOINTS, Running, assert_safe_sequence, rgb_image, tiny_bundle  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 RATE = 20.0
@@ -37,36 +34,12 @@ def ros_context():
     rclpy.try_shutdown(context=context)
 
 
-class Running:
-    """A policy node + harness spinning on one MultiThreadedExecutor in a background thread."""
-
-    def __init__(self, context, bundle, **params):
-        from gato_ros.ros.policy_node import PolicyNode
-
-        overrides = {"model_path": str(bundle), "control_rate_hz": RATE, "execution_provider": "cpu",
-                     "inference_threads": 1, **params}
-        self.node = PolicyNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        self.harness = Harness(context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.harness.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.harness.stop()
-        self.executor.shutdown()
-        self.thread.join(timeout=5)
-        self.node.destroy_node()
-        self.harness.node.destroy_node()
-
-
 @pytest.fixture
 def running(ros_context, bundle):
     made = []
 
     def make(**params):
-        r = Running(ros_context, bundle, **params)
+        r = Running(ros_context, bundle, rate=RATE, **params)
         made.append(r)
         return r
 

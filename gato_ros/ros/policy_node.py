@@ -43,6 +43,12 @@ from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_b
 from gato_ros.ros.policy_config import PolicyNodeConfig, load_policy
 from gato_ros.safety import SafetyConfig, SafetyFilter
 
+# Largest image side accepted. Resizing allocates weights proportional to (model size x side) and intermediates
+# proportional to (model size x side x channels): a 1x1000000 mono8 frame (1 MB on the wire) took 3.8 s and 780 MB
+# in one tick before this bound. 8192 px covers every camera up to 8K.
+MAX_IMAGE_SIDE = 8192
+
+
 def percentile_ms(values, q: float) -> float:
     return float(np.percentile(np.fromiter(values, float), q)) if len(values) else float("nan")
 
@@ -76,6 +82,9 @@ class PolicyNode(Node):
         self._e2e_ms: deque[float] = deque(maxlen=400)
         self._tick_starts: deque[float] = deque(maxlen=400)
         self.ticks = self.commands = self.holds = self.deadline_misses = 0
+        self.images_received = self.joint_states_received = 0
+        self._stamps: dict[str, int] = {}  # sensor -> header stamp (ns) of the message the last tick judged
+        self._tick_t0: float | None = None  # time.monotonic() at the start of the tick in progress, if any
         self.state = "starting"
         self.hold_reason = ""
         self.last_error = ""
@@ -168,6 +177,7 @@ class PolicyNode(Node):
         now = time.monotonic()
         with self._lock:
             self._image_msg, self._image_rx = msg, now
+            self.images_received += 1
             fire = self.config.trigger == "image" and now - self._last_trigger >= 0.8 * self.period_s
             if fire:
                 self._last_trigger = now
@@ -182,6 +192,7 @@ class PolicyNode(Node):
     def _on_joints(self, msg) -> None:
         with self._lock:
             self._joint_msg, self._joint_rx = msg, time.monotonic()
+            self.joint_states_received += 1
 
     def _on_instruction(self, msg) -> None:
         with self._lock:
@@ -242,6 +253,7 @@ class PolicyNode(Node):
                 and not self._stale("image", self.config.image_topic, image_msg, image_rx, now)):
             return  # the watchdog found no newer frame; this one has its command already (one action per frame)
         self._tick_starts.append(t0)
+        self._tick_t0 = now
         self.ticks += 1
         with self._lock:
             image_msg, image_rx = self._image_msg, self._image_rx
@@ -266,11 +278,16 @@ class PolicyNode(Node):
                 if self._context_dirty or instruction != self._active_instruction:
                     self.policy.reset()
                     self.policy.set_instruction(instruction)
+                    self._check_instruction_length(instruction)
                     self._active_instruction, self._context_dirty = instruction, False
                 action = self.policy.act(obs)
             except Exception as exc:  # inference must never take the node down
                 reason = f"inference failed: {type(exc).__name__}: {exc}"
                 self._error(reason)
+            else:
+                reason = self._late(t0, image_rx, joint_rx)
+                if reason:
+                    action = None
         with self._lock:  # publish under the lock: after ~/enable false returns, nothing more goes out
             decision = self.safety.step(action, joint_pos, hold=reason)
             if decision.command is not None:
@@ -297,20 +314,58 @@ class PolicyNode(Node):
         timing = Float64MultiArray()
         timing.data = [tick_ms, e2e, 1.0 if decision.command is not None else 0.0]
         self._timing_pub.publish(timing)
+        self._tick_t0 = None
+
+    def _late(self, t0: float, image_rx: float | None, joint_rx: float | None) -> str | None:
+        """Hold reason when inference finished so late that its inputs are now older than sensor_timeout_s: the
+        action answers a world that has moved on, so it is dropped (the same rule that holds on a stale sensor)."""
+        timeout = self.config.sensor_timeout_s
+        age = time.monotonic() - min(t for t in (image_rx, joint_rx) if t is not None)
+        if age <= timeout:
+            return None
+        msg = (f"inference took {(time.perf_counter() - t0) * 1e3:.0f} ms (control period "
+               f"{self.period_s * 1e3:.0f} ms): its inputs are {age:.2f} s old (sensor_timeout_s={timeout:g}); "
+               "the late action was dropped")
+        self._error(msg)
+        return msg
+
+    def _check_instruction_length(self, instruction: str) -> None:
+        """Report an instruction longer than the model reads (the tokenizer keeps its first bytes only)."""
+        limit = getattr(getattr(self.policy, "cfg", None), "max_text_tokens", None)
+        size = len(instruction.encode("utf-8"))
+        if limit and size + 2 > limit:  # + BOS and EOS
+            self._error(f"the instruction is {size} bytes but the model reads at most {limit - 2}: only its "
+                        f"beginning ({instruction[:40]!r}...) is used")
 
     def _stale(self, what: str, topic: str, msg, rx: float, now: float) -> str | None:
-        """Why a sensor message is too old to act on, or None: by arrival time, and by header stamp (unless
-        check_stamps is off or the stamp is unset); a stamp from the future is not judged here."""
+        """Why a sensor message cannot be acted on, or None: too old by arrival time; or, by header stamp (unless
+        check_stamps is off or the stamp is unset), too old, more than sensor_timeout_s in the future (the stamp
+        check cannot work against a clock that is ahead), or older than the message the last tick judged (out of
+        order, or the sensor's clock jumped back: one tick holds, the next message is judged against this one)."""
         timeout = self.config.sensor_timeout_s
         if now - rx > timeout:
             return f"{what} on {topic} is {now - rx:.2f} s old (sensor_timeout_s={timeout:g})"
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        if self.config.check_stamps and stamp_ns > 0:
-            age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
-            if age > timeout:
-                return (f"{what} on {topic} was stamped {age:.2f} s ago (sensor_timeout_s={timeout:g}): delivered "
-                        "late, or the sensor's clock is behind this node's (synchronise the clocks, or set "
-                        "check_stamps:=false)")
+        if not (self.config.check_stamps and stamp_ns > 0):
+            return None
+        age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
+        if age > timeout:
+            return (f"{what} on {topic} was stamped {age:.2f} s ago (sensor_timeout_s={timeout:g}): delivered "
+                    "late, or the sensor's clock is behind this node's (synchronise the clocks, or set "
+                    "check_stamps:=false)")
+        clock_hint = "synchronise the clocks, or set check_stamps:=false"
+        if age < -timeout:
+            msg_text = (f"{what} on {topic} is stamped {-age:.2f} s in the future: the sensor's clock is ahead "
+                        f"({clock_hint})")
+            self._error(msg_text)
+            return msg_text
+        previous = self._stamps.get(what)
+        self._stamps[what] = stamp_ns
+        if previous is not None and stamp_ns < previous:
+            msg_text = (f"{what} on {topic} is stamped {(previous - stamp_ns) / 1e9:.3f} s before the previous one: "
+                        f"delivered out of order, or the sensor's clock jumped back ({clock_hint})")
+            self._error(msg_text)
+            return msg_text
         return None
 
     def _observe(self, now, image_msg, image_rx, joint_msg, joint_rx, instruction):
@@ -338,6 +393,12 @@ class PolicyNode(Node):
             return stale, None, joint_pos
         if not instruction:
             return "no instruction yet: publish one on ~/instruction or set the instruction parameter", None, joint_pos
+        side = max(int(image_msg.width), int(image_msg.height))
+        if side > MAX_IMAGE_SIDE:
+            msg = (f"{self.config.image_topic}: image is {image_msg.width}x{image_msg.height}, over the "
+                   f"{MAX_IMAGE_SIDE} px per side the node resizes; lower the camera's resolution")
+            self._error(msg)
+            return msg, None, joint_pos
         try:
             if self._converted is None or self._converted[0] is not image_msg:
                 rgb = image_to_model_input(image_msg, *self.image_hw)
@@ -398,9 +459,16 @@ class PolicyNode(Node):
         starts = list(self._tick_starts)[-int(max(2, 2 * self.config.control_rate_hz)):]
         rate = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 and starts[-1] > starts[0] else 0.0
         tick, e2e = list(self._tick_ms), list(self._e2e_ms)
+        state, hold_reason = self.state, self.hold_reason
+        t0 = self._tick_t0
+        busy = time.monotonic() - t0 if t0 is not None else 0.0
+        if busy > self.period_s:  # inference is hanging: no command goes out while it runs, so the arm holds
+            state, hold_reason = "holding", (
+                f"the current tick has run {busy * 1e3:.0f} ms, over the {self.period_s * 1e3:.0f} ms control "
+                "period (inference is slow or stuck)")
         return {
-            "state": self.state,
-            "hold_reason": self.hold_reason,
+            "state": state,
+            "hold_reason": hold_reason,
             "enabled": self.safety.enabled,
             "estop": self.safety.estopped,
             "instruction": self._instruction,
@@ -415,6 +483,8 @@ class PolicyNode(Node):
             "ticks": self.ticks,
             "commands": self.commands,
             "holds": self.holds,
+            "images_received": self.images_received,
+            "joint_states_received": self.joint_states_received,
             "last_error": self.last_error,
             "last_error_age_s": (time.monotonic() - self._last_error_time) if self._last_error_time else -1.0,
             "model_path": self.model_path,
