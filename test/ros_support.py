@@ -98,7 +98,8 @@ class Harness:
         self.joint_names = list(JOINTS)
         self.joint_pos = HOME.copy()
         self.joint_extra: dict[str, float] = {}
-        self.last_image_time = 0.0
+        self.joints_on = True  # False: the joint-state loop publishes nothing (the driver stopped)
+        self.last_image_time = self.last_joint_time = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -139,6 +140,8 @@ class Harness:
         self.last_image_time = time.monotonic()
 
     def _publish_joints(self) -> None:
+        if not self.joints_on:
+            return
         js = self._types[1]()
         js.header.stamp = self.node.get_clock().now().to_msg()
         names = list(self.joint_names) + list(self.joint_extra)
@@ -147,6 +150,7 @@ class Harness:
         js.position = [pos.get(n, 0.0) for n in names]
         js.velocity = [0.0] * len(names)
         self.joint_pub.publish(js)
+        self.last_joint_time = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
@@ -192,8 +196,8 @@ class Running:
     """A policy node + harness spinning on one MultiThreadedExecutor in a background thread.
 
     `policy` (optional) is handed to the node instead of loading the bundle, e.g. a fault-injecting wrapper around
-    the real RuntimePolicy. `restart_node()` destroys the policy node and builds a new one with the same parameters,
-    while the harness keeps playing its streams (a node restarted mid-episode).
+    the real RuntimePolicy. `stop_node()` destroys the policy node and `start_node()` builds a new one with the same
+    parameters, while the harness keeps playing its streams (a node restarted mid-episode).
     """
 
     def __init__(self, context, bundle, rate: float = 20.0, policy=None, **params):
@@ -218,9 +222,11 @@ class Running:
         return PolicyNode(policy=self._policy, context=self.context,
                           parameter_overrides=[Parameter(k, value=v) for k, v in self.overrides.items()])
 
-    def restart_node(self, **params) -> None:
+    def stop_node(self) -> None:
         self.executor.remove_node(self.node)
         self.node.destroy_node()
+
+    def start_node(self, **params) -> None:
         self.overrides.update(params)
         self.node = self._make_node()
         self.executor.add_node(self.node)

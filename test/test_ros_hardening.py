@@ -27,6 +27,8 @@ from hypothesis import strategies as st  # noqa: E402
 from ros_support import HOME, JOINTS, Running, assert_safe_sequence, rgb_image, tiny_bundle  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
+RATE = 20.0
+PERIOD = 1.0 / RATE
 STEP = np.array([0.1] * 6 + [0.01])
 # Node state carries over from one example to the next, so a failure depends on the whole history: shrinking
 # would replay a different history (hypothesis would call it flaky). Generate only, deterministically.
@@ -42,16 +44,28 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture
-def node(bundle):
-    """A running, enabled policy node and its harness (camera and joint streams off until a test starts them)."""
+def running(bundle):
+    """Factory of running policy nodes (each with its harness; streams off until a test starts them)."""
     import rclpy
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    r = Running(context, bundle, enable_on_start=True, instruction="reach the red ball", diagnostics_period_s=0.2)
-    yield r
-    r.close()
+    made = []
+
+    def make(**params):
+        params = {"enable_on_start": True, "instruction": "reach the red ball", "diagnostics_period_s": 0.2, **params}
+        made.append(Running(context, bundle, rate=RATE, **params))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
     rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture
+def node(running):
+    return running()
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -362,3 +376,121 @@ def test_instruction_campaign(node):
     h.instruction_pub.publish(String(data="reach the red ball"))
     wait_commanding(h, "the instruction campaign")
     assert_safe_sequence([c for _, c in h.commands], STEP)
+
+
+# ---- faults -------------------------------------------------------------------------------------------------
+class FaultyPolicy:
+    """The real RuntimePolicy with faults injected on demand: `act` raises (`fail`) or answers `delay_s` late.
+    Everything else is the real policy's; `resets` counts context resets."""
+
+    def __init__(self, inner):
+        self.inner, self.fail, self.delay_s, self.resets = inner, False, 0.0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def reset(self):
+        self.resets += 1
+        self.inner.reset()
+
+    def act(self, observation):
+        if self.fail:
+            raise RuntimeError("injected inference fault")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.inner.act(observation)
+
+
+@pytest.fixture
+def faulty(bundle):
+    from gato_ros.ros.policy_config import load_policy
+
+    return FaultyPolicy(load_policy(bundle, "cpu", 1))
+
+
+def assert_holds_then_resumes(h, fault_start: float, expected: str, resume) -> None:
+    """At most two commands after the fault began (ticks already in flight), the reason in /diagnostics, and
+    commands again once `resume()` removed the fault."""
+    assert h.wait_for(lambda: any(expected in d.get("hold_reason", "") + d.get("last_error", "")
+                                  for d in h.diagnostics[-5:]), timeout=10), (expected, h.last_diagnostics())
+    quiet = time.monotonic()
+    time.sleep(6 * PERIOD)
+    assert len(h.commands_since(fault_start)) <= 2, "kept commanding through the fault"
+    assert h.commands_since(quiet) == [], "kept commanding through the fault"
+    assert any(d["_level"] >= 1 for d in h.diagnostics[-3:]), "the hold is not a WARN"
+    resume()
+    wait_commanding(h, expected)
+    assert_safe_sequence([c for _, c in h.commands], STEP)
+
+
+def test_joint_state_stream_stops_and_resumes(running):
+    r = running(sensor_timeout_s=2 * PERIOD)
+    h = r.harness
+    start_good_streams(h)
+    wait_commanding(h, "start-up")
+    h.joints_on = False
+    stopped = h.last_joint_time
+    assert_holds_then_resumes(h, stopped + 2 * PERIOD, "joint state on /joint_states is",
+                              lambda: setattr(h, "joints_on", True))
+
+
+def test_driver_restart_holds_resets_and_resumes_from_the_measured_position(running, faulty):
+    r = running(policy=faulty)
+    h = r.harness
+    start_good_streams(h)
+    wait_commanding(h, "start-up")
+    resets = faulty.resets
+    jumped = HOME + np.array([1.2, 0.0, 0.0, -0.8, 0.0, 0.0, 0.0])  # the driver came back with other positions
+    jump = time.monotonic()
+    h.joint_pos = jumped
+    assert h.wait_for(lambda: "driver restarted" in h.last_diagnostics().get("last_error", ""), 10)
+    wait_commanding(h, "the driver restart")
+    after = [c for _, c in h.commands_since(jump)]
+    old_world = [c for c in after if np.any(np.abs(c - jumped) > STEP)]
+    assert len(old_world) <= 1, "commands towards the world before the jump after the hold"
+    new = after[len(old_world):]
+    assert np.all(np.abs(new[0] - jumped) <= STEP + 1e-9), "the first command after the restart jumps"
+    assert_safe_sequence(new, STEP)
+    assert_safe_sequence([c for t, c in h.commands if t < jump], STEP)
+    assert faulty.resets > resets, "the context was not reset after the world jumped"
+
+
+def test_inference_raising_holds_and_resumes(running, faulty):
+    r = running(policy=faulty)
+    h = r.harness
+    start_good_streams(h)
+    wait_commanding(h, "start-up")
+    resets = faulty.resets
+    faulty.fail = True
+    assert_holds_then_resumes(h, time.monotonic(), "inference failed: RuntimeError: injected inference fault",
+                              lambda: setattr(faulty, "fail", False))
+    assert faulty.resets > resets, "the context was not reset after the failed ticks"
+
+
+def test_inference_over_its_deadline_holds_and_resumes(running, faulty):
+    r = running(policy=faulty, sensor_timeout_s=2 * PERIOD)
+    h = r.harness
+    start_good_streams(h)
+    wait_commanding(h, "start-up")
+    faulty.delay_s = 8 * PERIOD
+    slow = time.monotonic()
+    assert h.wait_for(lambda: "over the 50 ms control period" in h.last_diagnostics().get("hold_reason", ""), 10), (
+        "a hanging tick is not reported while it runs")
+    assert_holds_then_resumes(h, slow, "the late action was dropped", lambda: setattr(faulty, "delay_s", 0.0))
+    assert int(h.last_diagnostics()["deadline_misses"]) > 0
+
+
+def test_node_restarted_mid_episode_starts_from_the_measured_position(running):
+    r = running()
+    h = r.harness
+    start_good_streams(h)
+    h.joint_pos = HOME + 0.3
+    wait_commanding(h, "start-up")
+    r.stop_node()
+    h.joint_pos = HOME + np.array([0.6, -0.6, 0.6, -0.6, 0.6, -0.6, -0.01])  # moved while no node was running
+    restarted = time.monotonic()
+    r.start_node()
+    wait_commanding(h, "the restart")
+    new = [c for _, c in h.commands_since(restarted)]
+    assert np.all(np.abs(new[0] - h.joint_pos) <= STEP + 1e-9), "the restarted node's first command jumps"
+    assert_safe_sequence(new, STEP)
