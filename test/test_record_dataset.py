@@ -183,6 +183,20 @@ def test_cli_from_bags_json(tmp_path):
     assert report["episodes_written"] == 2 and report["discarded"] == 1
 
 
+def test_cli_from_bags_takes_joints_size_and_rate_from_a_bundle(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    limits = [[-6.0, 6.0]] * 6 + [[0.0, 0.0425]]
+    (bundle / "gato.json").write_text(json.dumps({"joint_names": list(JOINT_NAMES), "joint_limits": limits,
+                                                  "image_size": [32, 32], "control_rate_hz": 20.0}))
+    out = subprocess.run(
+        [sys.executable, "-m", "gato_ros.cli", "dataset", "from-bags", str(TINY_BAG), "--out", str(tmp_path / "ds"),
+         "--bundle", str(bundle), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ep = EpisodeDataset(tmp_path / "ds")[0]
+    assert ep.observations["image"].shape[1:] == (32, 32, 3) and np.asarray(ep.meta["joint_limits"]).tolist() == limits
+
+
 def test_infer_task():
     assert infer_task("reach the red ball") == "reach"
     assert infer_task("Put the red cube in the blue bowl") == "pick_place"

@@ -37,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
         names = names or meta.get("joint_names")
         if meta.get("joint_limits") is not None:
             limits = np.asarray(meta["joint_limits"], dtype=np.float64)
-        size = size or meta.get("image_size")
+        bundle_size = meta.get("image_size")
+        if isinstance(bundle_size, (list, tuple)):  # gato.json stores [height, width]
+            if len(set(bundle_size)) != 1:
+                raise SystemExit(f"gato-ros dataset from-bags: bundle {args.bundle} has non-square images "
+                                 f"{bundle_size}; datasets hold square images")
+            bundle_size = bundle_size[0]
+        size = size or bundle_size
         rate = rate or meta.get("control_rate_hz")
     try:
         report = convert_bags(

@@ -172,6 +172,18 @@ class GraphClient:
             raise GraphError(f"~/reset_episode failed: {res.message}")
         return json.loads(res.message)
 
+    def next_episode_state(self, episode: int, graph=None, wait_s: float = 0.2) -> dict | None:
+        """The sim's latest ~/episode message once a new one arrives (or after wait_s), if it is of `episode`;
+        else None. Raises GraphError if a process of `graph` has exited."""
+        if graph is not None and graph.exited():
+            name, rc = next(iter(graph.exited().items()))
+            raise GraphError(f"{name} exited with code {rc} mid-episode:\n{graph.tail(name)}")
+        self._episode_event.wait(wait_s)
+        self._episode_event.clear()
+        with self._lock:
+            msg = dict(self.episode_msg)
+        return msg if msg.get("episode") == episode else None
+
     def run_episode(self, task: str, seed: int, timeout_s: float, graph=None) -> EpisodeRecord:
         """One episode through the graph (see the module docstring); returns its outcome and timings."""
         self.enable(False)
@@ -186,14 +198,8 @@ class GraphClient:
         last = {}
         try:
             while time.monotonic() - t0 < timeout_s:
-                if graph is not None and graph.exited():
-                    name, rc = next(iter(graph.exited().items()))
-                    raise GraphError(f"{name} exited with code {rc} mid-episode:\n{graph.tail(name)}")
-                self._episode_event.wait(0.2)
-                self._episode_event.clear()
-                with self._lock:
-                    msg = dict(self.episode_msg)
-                if msg.get("episode") == info["episode"]:
+                msg = self.next_episode_state(info["episode"], graph)
+                if msg is not None:
                     last = msg
                     if msg.get("done"):
                         break

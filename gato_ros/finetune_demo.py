@@ -1,0 +1,326 @@
+"""`make finetune-demo`: the fine-tuning loop of issue 7, scripted end to end on a task the model cannot do yet.
+
+    python -m gato_ros.finetune_demo [--bundle models/gato_arm_small] [--episodes 50] [--steps 600] [--out DIR] [--json]
+
+| stage | what runs | writes (under --out) |
+|---|---|---|
+| 1 eval before | `gato-ros eval --policy BUNDLE --task point_above --task reach --task pick_place` | eval_before.json |
+| 2 record | sim + recorder nodes over ROS 2; the scripted expert drives the sim through /position_controller/commands (gato_ros.ros.expert_driver); one recorder episode (start/end markers) per demo | bags/point_above/ (MCAP) |
+| 3 bags -> data | `gato-ros dataset from-bags` with the bundle's joints, image size and rate | data/point_above/ |
+| 4 replay | `gato-ros collect` of the original tasks at the shipped data's seeds (reach from 0, pick_place from 100000) so fine-tuning does not forget them | data/replay/ |
+| 5 fine-tune | `gato-ros train --init BUNDLE --data data/point_above --data data/replay` | run/ |
+| 6 export | `gato-ros export` (ONNX checked against torch) | bundle/ |
+| 7 eval after | the same evaluation, same held-out seeds (from 1000000) | eval_after.json |
+
+Then `summary.json` (before/after success with Wilson 95% intervals per task, the issue's checks, timings) and
+`report.md`. `point_above` ("point above the {colour} {shape}": hold the tool 20 cm over the object) is a variant
+of reach with a new verb and goal (gato_ros.sim.tasks); demonstrations use sim seeds from 200000, apart from the
+shipped data (0.., 100000..) and from evaluation (1000000..).
+
+Every stage whose output is complete is skipped when the demo is run again with the same --out (training resumes
+from its checkpoint), so an interrupted demo continues where it stopped. Torch is imported only by stages 5-6.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+NEW_TASK = "point_above"
+ORIGINAL_TASKS = ("reach", "pick_place")
+REPLAY_SEEDS = {"reach": 0, "pick_place": 100000}  # the shipped data's seeds (scripts/make_model.sh)
+RECORD_SEED = 200000  # demonstrations: apart from the shipped data and from evaluation
+EVAL_SEED = 1_000_000  # gato-ros eval's held-out seeds
+
+
+@dataclass
+class FinetuneDemoConfig:
+    """Arguments of the demo (command-line flags of the same names)."""
+
+    bundle: str = "models/gato_arm_small"
+    """Model bundle to fine-tune (its model.pt is the starting point)."""
+    out: str = "runs/finetune_demo"
+    """Run directory for bags, datasets, checkpoint, bundle, evaluations and the report."""
+    episodes: int = 50
+    """Expert demonstrations of the new task recorded through ROS (the issue allows at most 50)."""
+    steps: int = 600
+    """Fine-tuning optimiser steps."""
+    replay_episodes: list[int] = field(default_factory=lambda: [50, 25])
+    """Replay demos of reach and of pick_place (collected, not recorded: the original tasks' data)."""
+    eval_episodes: int = 50
+    """Evaluation episodes per task, before and after, seeds from eval_seed."""
+    eval_seed: int = EVAL_SEED
+    record_seed: int = RECORD_SEED
+    batch_size: int = 0
+    """Contexts per training step; 0: the bundle's training batch size (16 if unknown)."""
+    lr: float = 3e-4
+    """Peak learning rate: a third of the from-scratch recipe's, as the weights start trained."""
+    label_sigma: float = -1.0
+    """HL-Gauss label std in bins; < 0: the bundle's training value (0 if unknown)."""
+    noise: float = 0.01
+    """Executed-action noise of the expert (rad; labels stay clean: DART), for demos and replay alike."""
+    execution_provider: str = "auto"
+    progress: bool = True
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.episodes <= 50:
+            raise ValueError(f"--episodes {self.episodes}: the demonstration records 1..50 episodes (issue 7)")
+        if self.steps < 1 or self.eval_episodes < 1:
+            raise ValueError("--steps and --eval-episodes must be >= 1")
+        if len(self.replay_episodes) != 2 or min(self.replay_episodes) < 0:
+            raise ValueError("--replay-episodes takes two counts >= 0: reach and pick_place")
+        if not (Path(self.bundle) / "gato.json").is_file():
+            raise ValueError(f"--bundle {self.bundle!r} is not a model bundle (no gato.json)")
+
+
+def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
+    d = FinetuneDemoConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog="python -m gato_ros.finetune_demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default=d["bundle"].default, help="model bundle to fine-tune (default %(default)s)")
+    p.add_argument("--out", default=d["out"].default, help="run directory (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=d["episodes"].default,
+                   help="demonstrations of point_above recorded through ROS, <= 50 (default %(default)s)")
+    p.add_argument("--steps", type=int, default=d["steps"].default, help="fine-tuning steps (default %(default)s)")
+    p.add_argument("--replay-episodes", type=int, nargs=2, default=[50, 25], metavar=("REACH", "PICK_PLACE"),
+                   help="replay demos of the original tasks (default 50 25)")
+    p.add_argument("--eval-episodes", type=int, default=d["eval_episodes"].default,
+                   help="evaluation episodes per task, before and after (default %(default)s)")
+    p.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="first evaluation seed (default %(default)s)")
+    p.add_argument("--record-seed", type=int, default=RECORD_SEED, help="first demo seed (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=0, help="training batch (default: the bundle's)")
+    p.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (default %(default)s)")
+    p.add_argument("--label-sigma", type=float, default=-1.0, help="HL-Gauss label std (default: the bundle's)")
+    p.add_argument("--noise", type=float, default=d["noise"].default, help="expert action noise, rad (default %(default)s)")
+    p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines still go to stderr)")
+    p.add_argument("--json", action="store_true", help="print summary.json on stdout at the end")
+    a = p.parse_args(argv)
+    try:
+        return FinetuneDemoConfig(
+            bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
+            eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
+            lr=a.lr, label_sigma=a.label_sigma, noise=a.noise, execution_provider=a.execution_provider,
+            progress=not a.no_progress, json=a.json)
+    except ValueError as err:
+        p.error(str(err))
+
+
+def _gato(argv: list[str]) -> str:
+    """Run one `gato-ros` subcommand in this process; its stdout is returned (progress bars stay on stderr)."""
+    from gato_ros.cli import main as gato_main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = gato_main(argv)
+    if rc != 0:
+        raise RuntimeError(f"gato-ros {' '.join(argv)} exited with {rc}:\n{buf.getvalue()[-2000:]}")
+    return buf.getvalue()
+
+
+def _last_json(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+class Demo:
+    """The stages of the module docstring over one run directory."""
+
+    def __init__(self, cfg: FinetuneDemoConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.meta = json.loads((Path(cfg.bundle) / "gato.json").read_text())
+        self.timing: dict[str, float] = {}
+        self.facts: dict = {}
+        self._stage = 0
+
+    def log(self, text: str) -> None:
+        print(f"[finetune-demo {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def stage(self, name: str, done: Path, fn) -> None:
+        """Run `fn()` unless `done` exists (a finished earlier run); time it."""
+        self._stage += 1
+        if done.exists():
+            self.log(f"{self._stage}/7 {name}: done earlier ({done}), skipped")
+            return
+        self.log(f"{self._stage}/7 {name} ...")
+        t0 = time.perf_counter()
+        fn()
+        self.timing[name] = round(time.perf_counter() - t0, 1)
+        self.log(f"{self._stage}/7 {name}: {self.timing[name]:.0f} s")
+
+    def progress_flag(self) -> list[str]:
+        return [] if self.cfg.progress else ["--no-progress"]
+
+    # ---- stages ----------------------------------------------------------------------------------------------
+    def evaluate(self, bundle: Path | str, path: Path) -> None:
+        tasks = [NEW_TASK, *ORIGINAL_TASKS]
+        _gato(["eval", "--policy", str(bundle), *sum((["--task", t] for t in tasks), []), "--episodes",
+               str(self.cfg.eval_episodes), "--seed", str(self.cfg.eval_seed), "--execution-provider",
+               self.cfg.execution_provider, "--out", str(path), *self.progress_flag()])
+
+    def record(self) -> None:
+        from gato_ros.ros.expert_driver import record_demonstrations
+
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
+        bag = self.out / "bags" / NEW_TASK
+        if bag.exists():  # an interrupted recording: start it again
+            shutil.rmtree(bag)
+        bag.parent.mkdir(parents=True, exist_ok=True)
+        size = self.meta.get("image_size") or 64
+        summary, _ = record_demonstrations(
+            str(bag), NEW_TASK, self.cfg.episodes, self.cfg.record_seed,
+            rate_hz=float(self.meta.get("control_rate_hz") or 20.0), image_size=int(size[0] if isinstance(size, list)
+                                                                                      else size),
+            noise=self.cfg.noise, progress=self.cfg.progress, log_dir=self.out / "logs")
+        (self.out / "record.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    def from_bags(self) -> None:
+        tmp = self.out / "data" / f"{NEW_TASK}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        report = _last_json(_gato(["dataset", "from-bags", str(self.out / "bags" / NEW_TASK), "--out", str(tmp),
+                                   "--bundle", self.cfg.bundle, "--json"]))
+        (self.out / "from_bags.json").write_text(json.dumps(report, indent=1) + "\n")
+        tmp.rename(self.out / "data" / NEW_TASK)
+
+    def replay(self) -> None:
+        tmp = self.out / "data" / "replay.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for task, n in zip(ORIGINAL_TASKS, self.cfg.replay_episodes):
+            if n:
+                _gato(["collect", "--task", task, "--episodes", str(n), "--seed", str(REPLAY_SEEDS[task]), "--noise",
+                       str(self.cfg.noise), "--out", str(tmp), *self.progress_flag()])
+        tmp.rename(self.out / "data" / "replay")
+
+    def train(self) -> None:
+        recipe = (self.meta.get("provenance") or {}).get("train_config") or {}
+        batch = self.cfg.batch_size or int(recipe.get("batch_size") or 16)
+        sigma = self.cfg.label_sigma if self.cfg.label_sigma >= 0 else float(recipe.get("label_sigma") or 0.0)
+        data = [self.out / "data" / NEW_TASK] + ([self.out / "data" / "replay"] if any(self.cfg.replay_episodes)
+                                                 else [])
+        every = str(max(1, min(250, self.cfg.steps)))
+        result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
+                                   "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
+                                   str(batch), "--lr", str(self.cfg.lr), "--label-sigma", str(sigma),
+                                   "--val-every", every, "--ckpt-every", every, "--resume", "--json",
+                                   *self.progress_flag()]))
+        self.facts["train"] = dict(result, batch_size=batch, label_sigma=sigma, lr=self.cfg.lr)
+        (self.out / "train.json").write_text(json.dumps(self.facts["train"], indent=1) + "\n")
+
+    def export(self) -> None:
+        tmp = self.out / "bundle.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = f"{self.meta.get('name', 'gato')}_{NEW_TASK}"
+        _gato(["export", "--checkpoint", str(self.out / "run"), "--out", str(tmp), "--name", name, "--json"])
+        tmp.rename(self.out / "bundle")
+
+    # ---- the whole loop ---------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        o = self.out
+        self.stage("eval before", o / "eval_before.json", lambda: self.evaluate(self.cfg.bundle, o / "eval_before.json"))
+        self.stage(f"record {self.cfg.episodes} {NEW_TASK} demos through ROS", o / "record.json", self.record)
+        self.stage("bags -> dataset", o / "data" / NEW_TASK, self.from_bags)
+        self.stage("replay data of the original tasks", o / "data" / "replay", self.replay)
+        self.stage(f"fine-tune {self.cfg.steps} steps from {self.cfg.bundle}", o / "train.json", self.train)
+        self.stage("export", o / "bundle" / "gato.json", self.export)
+        self.stage("eval after", o / "eval_after.json", lambda: self.evaluate(o / "bundle", o / "eval_after.json"))
+        summary = self.summarise(time.perf_counter() - t0)
+        (o / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (o / "report.md").write_text(report_markdown(summary))
+        self.log(f"wrote {o / 'summary.json'} and {o / 'report.md'}")
+        return summary
+
+    def summarise(self, wall: float) -> dict:
+        from gato_ros.dataset import dataset_info
+
+        o = self.out
+        before = json.loads((o / "eval_before.json").read_text())
+        after = json.loads((o / "eval_after.json").read_text())
+        tasks = {}
+        for t in [NEW_TASK, *ORIGINAL_TASKS]:
+            b, a = before["tasks"][t], after["tasks"][t]
+            tasks[t] = {"before": {k: b[k] for k in ("episodes", "success_rate", "ci95", "mean_steps")},
+                        "after": {k: a[k] for k in ("episodes", "success_rate", "ci95", "mean_steps")},
+                        "change": a["success_rate"] - b["success_rate"]}
+        info_bags = dataset_info(o / "data" / NEW_TASK)
+        replay = o / "data" / "replay"
+        info_replay = dataset_info(replay) if (replay / "dataset.json").is_file() else None
+        record = json.loads((o / "record.json").read_text())
+        checks = {
+            "new_task_before_below_20pct": tasks[NEW_TASK]["before"]["success_rate"] < 0.2,
+            "new_task_after_at_least_70pct": tasks[NEW_TASK]["after"]["success_rate"] >= 0.7,
+            "recorded_episodes_at_most_50": record["episodes"] <= 50,
+            "original_tasks_within_10_points": all(abs(tasks[t]["change"]) <= 0.10 for t in ORIGINAL_TASKS),
+        }
+        if info_replay is not None:
+            checks["bag_and_collected_data_same_structure"] = (
+                set(info_bags) == set(info_replay) and info_bags["joint_names"] == info_replay["joint_names"]
+                and info_bags["image_size"] == info_replay["image_size"] and info_bags["fps"] == info_replay["fps"])
+        train = json.loads((o / "train.json").read_text()) if (o / "train.json").is_file() else {}
+        return {
+            "new_task": NEW_TASK,
+            "bundle_before": self.cfg.bundle,
+            "bundle_after": str(o / "bundle"),
+            "tasks": tasks,
+            "checks": checks,
+            "eval": {"episodes_per_task": self.cfg.eval_episodes, "seeds": [self.cfg.eval_seed,
+                                                                           self.cfg.eval_seed + self.cfg.eval_episodes - 1]},
+            "record": {k: record[k] for k in ("episodes", "seeds", "expert_success_rate", "steps", "wall_s", "bag")},
+            "datasets": {"bags": info_bags, "replay": info_replay},
+            "train": train,
+            "config": asdict(self.cfg),
+            "timing_s": dict(self.timing, total=round(wall, 1)),
+        }
+
+
+def _pct(rate: float, ci: list[float]) -> str:
+    return f"{rate:.0%} [{ci[0]:.0%}, {ci[1]:.0%}]"
+
+
+def report_markdown(s: dict) -> str:
+    """The short human-readable report of a summary (report.md)."""
+    lines = [
+        f"# Fine-tuning demo: {s['new_task']}", "",
+        f"Fine-tuned `{s['bundle_before']}` -> `{s['bundle_after']}` on {s['record']['episodes']} expert demos of "
+        f"`{s['new_task']}` recorded through ROS 2 (bag `{s['record']['bag']}`, expert success "
+        f"{s['record']['expert_success_rate']:.0%}) plus replay of the original tasks; "
+        f"{s['train'].get('step', '?')} steps (batch {s['train'].get('batch_size', '?')}, lr {s['train'].get('lr', '?')}).",
+        "",
+        f"Success on {s['eval']['episodes_per_task']} held-out episodes per task (seeds {s['eval']['seeds'][0]}.."
+        f"{s['eval']['seeds'][1]}, the same before and after), Wilson 95% intervals:", "",
+        "| task | before | after | change |", "|---|---|---|---|",
+    ]
+    for t, r in s["tasks"].items():
+        lines.append(f"| {t} | {_pct(r['before']['success_rate'], r['before']['ci95'])} | "
+                     f"{_pct(r['after']['success_rate'], r['after']['ci95'])} | {r['change'] * 100:+.0f} points |")
+    lines += ["", "Checks (issue 7):", ""]
+    lines += [f"- {name.replace('_', ' ')}: {'yes' if ok else 'NO'}" for name, ok in s["checks"].items()]
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in s["timing_s"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        cfg = parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    summary = Demo(cfg).run()
+    if cfg.json:
+        print(json.dumps(summary))
+    else:
+        print(report_markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

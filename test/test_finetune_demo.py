@@ -1,0 +1,55 @@
+"""The fine-tuning demo end to end at tiny scale: ROS recording -> bags -> dataset -> train --init -> export ->
+eval, on the untrained tiny bundle. Asserts the pipeline's artefacts and the summary's structure, not success
+rates (the real numbers come from `make finetune-demo` with the shipped model; see docs/ros.md)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gato_ros.dataset import EpisodeDataset
+from ros_support import tiny_bundle
+
+pytest.importorskip("torch", reason="fine-tuning needs torch (pip install -e '.[train]')")
+
+
+def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
+    bundle = tiny_bundle(tmp_path_factory)
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
+           "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
+           "--eval-episodes", "1", "--execution-provider", "cpu", "--no-progress", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary == json.loads((out / "summary.json").read_text())
+    # Before and after on the same tasks and seeds, with Wilson intervals.
+    assert set(summary["tasks"]) == {"point_above", "reach", "pick_place"}
+    for t in summary["tasks"].values():
+        for when in ("before", "after"):
+            r = t[when]
+            assert r["episodes"] == 1 and 0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1
+    assert summary["eval"]["seeds"] == [1000000, 1000000]
+    assert set(summary["checks"]) >= {"new_task_before_below_20pct", "new_task_after_at_least_70pct",
+                                      "original_tasks_within_10_points", "bag_and_collected_data_same_structure"}
+    assert summary["checks"]["bag_and_collected_data_same_structure"]
+    # The demos went through ROS into a real bag with episode markers, and the expert solved them.
+    rec = summary["record"]
+    assert rec["episodes"] == 3 and rec["expert_success_rate"] == 1.0
+    assert (out / "bags" / "point_above" / "metadata.yaml").is_file()
+    ds = EpisodeDataset(out / "data" / "point_above")
+    assert len(ds) == 3 and all(ep.task == "point_above" and ep.success for ep in ds)
+    assert all(ep.instruction.startswith("point above the") and len(ep) >= 5 for ep in ds)
+    assert summary["datasets"]["bags"]["source"] == "rosbag"
+    assert set(summary["datasets"]["replay"]["tasks"]) == {"reach", "pick_place"}
+    # Fine-tuned from the bundle, exported, evaluated.
+    assert summary["train"]["step"] == 2
+    assert json.loads((out / "run" / "train_config.json").read_text())["train_config"]["init"] == str(bundle)
+    assert (out / "bundle" / "gato.json").is_file() and (out / "bundle" / "decode.onnx").is_file()
+    assert json.loads((out / "eval_after.json").read_text())["policy"] == str(out / "bundle")
+    report = (out / "report.md").read_text()
+    assert "| point_above |" in report and "Wilson" in report
+    # A second run finds every stage done and only rewrites the summary.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr.count("skipped") == 7, again.stderr[-2000:]
