@@ -408,6 +408,14 @@ def faulty(bundle):
     return FaultyPolicy(load_policy(bundle, "cpu", 1))
 
 
+def moving(running, **params):
+    """A node started with `params`, commanding from good streams."""
+    r = running(**params)
+    start_good_streams(r.harness)
+    wait_commanding(r.harness, "start-up")
+    return r, r.harness
+
+
 def assert_holds_then_resumes(h, fault_start: float, expected: str, resume) -> None:
     """At most two commands after the fault began (ticks already in flight), the reason in /diagnostics, and
     commands again once `resume()` removed the fault."""
@@ -424,10 +432,7 @@ def assert_holds_then_resumes(h, fault_start: float, expected: str, resume) -> N
 
 
 def test_joint_state_stream_stops_and_resumes(running):
-    r = running(sensor_timeout_s=2 * PERIOD)
-    h = r.harness
-    start_good_streams(h)
-    wait_commanding(h, "start-up")
+    r, h = moving(running, sensor_timeout_s=2 * PERIOD)
     h.joints_on = False
     stopped = h.last_joint_time
     assert_holds_then_resumes(h, stopped + 2 * PERIOD, "joint state on /joint_states is",
@@ -435,10 +440,7 @@ def test_joint_state_stream_stops_and_resumes(running):
 
 
 def test_driver_restart_holds_resets_and_resumes_from_the_measured_position(running, faulty):
-    r = running(policy=faulty)
-    h = r.harness
-    start_good_streams(h)
-    wait_commanding(h, "start-up")
+    r, h = moving(running, policy=faulty)
     resets = faulty.resets
     jumped = HOME + np.array([1.2, 0.0, 0.0, -0.8, 0.0, 0.0, 0.0])  # the driver came back with other positions
     jump = time.monotonic()
@@ -456,10 +458,7 @@ def test_driver_restart_holds_resets_and_resumes_from_the_measured_position(runn
 
 
 def test_inference_raising_holds_and_resumes(running, faulty):
-    r = running(policy=faulty)
-    h = r.harness
-    start_good_streams(h)
-    wait_commanding(h, "start-up")
+    r, h = moving(running, policy=faulty)
     resets = faulty.resets
     faulty.fail = True
     assert_holds_then_resumes(h, time.monotonic(), "inference failed: RuntimeError: injected inference fault",
@@ -468,10 +467,7 @@ def test_inference_raising_holds_and_resumes(running, faulty):
 
 
 def test_inference_over_its_deadline_holds_and_resumes(running, faulty):
-    r = running(policy=faulty, sensor_timeout_s=2 * PERIOD)
-    h = r.harness
-    start_good_streams(h)
-    wait_commanding(h, "start-up")
+    r, h = moving(running, policy=faulty, sensor_timeout_s=2 * PERIOD)
     faulty.delay_s = 8 * PERIOD
     slow = time.monotonic()
     assert h.wait_for(lambda: "over the 50 ms control period" in h.last_diagnostics().get("hold_reason", ""), 10), (
