@@ -10,7 +10,7 @@ export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test bench model clean-venv
+.PHONY: venv demo test bench model soak clean-venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: $(STAMP)
 model: $(STAMP)
 	scripts/make_model.sh
 	$(PY) -m gato_ros.report runs/gato_arm_small models/gato_arm_small
+
+# 10 minutes of the policy node (shipped bundle, 20 Hz) under 30 Hz 640x480 camera + 200 Hz joint states; JSON
+# report of memory growth, tick p50/p99/max, deadline misses, dropped messages. Not in CI; run on an idle machine.
+soak: $(STAMP)
+	$(PY) -m gato_ros.ros.soak --duration 600 --json
 
 clean-venv:
 	rm -rf $(VENV)
