@@ -250,34 +250,34 @@ class RuntimePolicy:
         offs = offs.astype(np.int64)
         steps = np.full(len(offs), t, np.int64)
         steps[:lead] = t - 1
-        cs = self._set(("tick", lead, len(guess)), offs)
+        cs = self._set(("tick", lead, len(guess)), offs, steps)
         cs.io["tokens"][:lead] = self._pending if lead else 0
         cs.io["tokens"][lead:lead + obs] = step.tokens[0, :obs]
         cs.io["tokens"][lead + obs:] = guess
-        cs.io["patches"][lead + self.ctx.image_slots] = step.patches[0]
-        rows = self._run_set(cs, steps, offs)  # (min(T, A), nb): last rows predict actions 0..len(guess)
+        cs.io["patches"][cs.image_rows] = step.patches[0]
+        rows = self._run_set(cs)  # (min(T, A), nb): last rows predict actions 0..len(guess)
         logits = rows[-(len(guess) + 1):]
-        n_ok = self._accept(logits, guess)
-        self._write(cs, steps, offs, lead + obs + n_ok)  # observation and the proven guesses
+        best = logits.argmax(1) + self.tok.bin_offset  # greedy token after each row's input
+        n_ok = self._accept(best, guess)
+        self._write(cs, lead + obs + n_ok)  # observation and the proven guesses
         if self._calls is not None:
             self._calls.append(time.perf_counter())
-        final = [self._pick(logits[i]) for i in range(n_ok + 1)]
-        preds = [int(np.argmax(r)) + self.tok.bin_offset for r in logits[n_ok + 1:]]
+        final = self._picks(logits, best, n_ok + 1)
+        preds = best[n_ok + 1:]
 
         # Further calls: the last certain token (position p) + guesses for positions p+1..A-2.
         while len(final) < A:
             p = len(final) - 1
-            guess = np.asarray(preds[:A - 2 - p] if jacobi else [], np.int64)
-            offs = (obs + p + np.arange(1 + len(guess))).astype(np.int64)
-            steps = np.full(len(offs), t, np.int64)
-            cs = self._set(("act", len(offs)), offs)
+            guess = preds[:A - 2 - p] if jacobi else preds[:0]
+            cs = self._set(("act", p, 1 + len(guess)))
             cs.io["tokens"][0] = final[-1]
             cs.io["tokens"][1:] = guess
-            logits = self._run_set(cs, steps, offs)  # (n, nb): row i predicts action p + 1 + i
-            n_ok = self._accept(logits, guess)
-            self._write(cs, steps, offs, 1 + n_ok)
-            final += [self._pick(logits[i]) for i in range(n_ok + 1)]
-            preds = [int(np.argmax(r)) + self.tok.bin_offset for r in logits[n_ok + 1:]]
+            logits = self._run_set(cs)  # (n, nb): row i predicts action p + 1 + i
+            best = logits.argmax(1) + self.tok.bin_offset
+            n_ok = self._accept(best, guess)
+            self._write(cs, 1 + n_ok)
+            final += self._picks(logits, best, n_ok + 1)
+            preds = best[n_ok + 1:]
             if self._calls is not None:
                 self._calls.append(time.perf_counter())
         acts = np.asarray(final[:A], np.int64)
@@ -286,50 +286,69 @@ class RuntimePolicy:
         self._t = t + 1
         return acts
 
-    def _accept(self, logits: np.ndarray, guess: np.ndarray) -> int:
-        """How many leading guesses equal the greedy prediction made just before them."""
-        n = 0
-        while n < len(guess) and int(np.argmax(logits[n])) + self.tok.bin_offset == guess[n]:
-            n += 1
-        return n
+    @staticmethod
+    def _accept(best: np.ndarray, guess: np.ndarray) -> int:
+        """How many leading guesses equal the greedy prediction made just before them (`best[i]`: the greedy
+        token after input i)."""
+        n = len(guess)
+        if n == 0:
+            return 0
+        wrong = best[:n] != guess
+        return int(wrong.argmax()) if wrong.any() else n
 
-    def _pick(self, logits: np.ndarray) -> int:
-        return self._sample(logits)
+    def _picks(self, logits: np.ndarray, best: np.ndarray, n: int) -> list[int]:
+        """The tokens chosen from the first n rows: the greedy ones, or drawn (temperature) / traced one by one."""
+        if self.temperature == 0.0 and self.trace is None:
+            return best[:n].tolist()
+        return [self._sample(logits[i]) for i in range(n)]
 
-    def _set(self, key: tuple, offsets: np.ndarray) -> "_CallSet":
-        """The pre-bound call set for an episode-token call of this shape (created once)."""
+    def _set(self, key: tuple, offsets: np.ndarray | None = None, steps: np.ndarray | None = None) -> "_CallSet":
+        """The pre-bound call set for an episode-token call of this shape (created once). key ("tick", lead,
+        guesses): the observation call, given its within-timestep `offsets` and `steps` relative to the current
+        one (-1 for the previous tick's last action); key ("act", p, n): n action tokens from action position p."""
         cs = self._sets.get(key)
         if cs is None:
-            cs = self._sets[key] = _CallSet(self, offsets)
+            if offsets is None:
+                offsets = (self.ctx.obs_len + key[1] + np.arange(key[2])).astype(np.int64)
+                steps = np.full(key[2], self._t, np.int64)
+            cs = self._sets[key] = _CallSet(self, offsets, steps - self._t)
         return cs
 
-    def _run_set(self, cs: "_CallSet", steps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Fill rotary rows and the mask for queries at (steps, offsets) of the current tick, run; -> logits."""
-        cfg, P, K, t = self.cfg, self.cfg.prefix_slots, self.cfg.window_steps, self._t
+    def _run_set(self, cs: "_CallSet") -> np.ndarray:
+        """Fill rotary rows and the mask for the call's queries in the current tick, run; -> logits."""
+        P, K, t = self.cfg.prefix_slots, self.cfg.window_steps, self._t
         io = cs.io
-        ridx = np.where(steps < t, 0, 1 + offsets)
-        io["rope_cos"][:] = self._cos[ridx]
-        io["rope_sin"][:] = self._sin[ridx]
+        np.take(self._cos, cs.rope_rows, axis=0, out=io["rope_cos"])
+        np.take(self._sin, cs.rope_rows, axis=0, out=io["rope_sin"])
         rs = self._ring_step
         mask = io["mask"]  # (T, P + R + T); the new-token block is causal and fixed
         mask[:, :P] = self._prefix_mask
         # A ring slot is visible to a query of step s iff it holds a step in (s - K, s] (all cached tokens precede).
         mask[:, P:self._C] = np.where((rs >= 0) & (rs > t - K), 0.0, NEG_INF)
-        if steps[0] < t:  # the previous tick's last action still sees step t - K
+        if cs.lead:  # the previous tick's last action still sees step t - K
             mask[0, P:self._C] = np.where((rs >= 0) & (rs > t - 1 - K), 0.0, NEG_INF)
         self.sessions[cs.graph].run_with_iobinding(cs.binding)
         self.graph_calls += 1
         return cs.out["logits"]
 
-    def _write(self, cs: "_CallSet", steps: np.ndarray, offsets: np.ndarray, n: int) -> None:
-        """Write the keys/values of the call's first n tokens into their ring slots."""
+    def _write(self, cs: "_CallSet", n: int) -> None:
+        """Write the keys/values of the call's first n tokens into their ring slots (one slice copy per layer
+        buffer when the slots are consecutive, as they are except where a tick's lead token wraps the ring)."""
         if n <= 0:
             return
-        P, S, K = self.cfg.prefix_slots, self.ctx.S, self.cfg.window_steps
-        slots = (steps[:n] % K) * S + offsets[:n]
-        self.ring_k[:, :, :, slots] = cs.out["new_k"][:, :, :n].transpose(0, 1, 3, 2)
-        self.values[:, :, P + slots] = cs.out["new_v"][:, :, :n]
-        self._ring_step[slots] = steps[:n]
+        P, S, K, t = self.cfg.prefix_slots, self.ctx.S, self.cfg.window_steps, self._t
+        steps = t + cs.rel_steps[:n]
+        slots = (steps % K) * S + cs.offsets[:n]
+        new_k, new_v = cs.out["new_k"][:, :, :n], cs.out["new_v"][:, :, :n]
+        a = int(slots[0])
+        if int(slots[-1]) - a == n - 1:
+            self.ring_k[:, :, :, a:a + n] = new_k.transpose(0, 1, 3, 2)
+            self.values[:, :, P + a:P + a + n] = new_v
+            self._ring_step[a:a + n] = steps
+        else:
+            self.ring_k[:, :, :, slots] = new_k.transpose(0, 1, 3, 2)
+            self.values[:, :, P + slots] = new_v
+            self._ring_step[slots] = steps
 
     def _sample(self, logits: np.ndarray) -> int:
         """Greedy by default; with a temperature, a draw from softmax(logits / temperature)."""
@@ -406,9 +425,14 @@ class _CallSet:
     `offsets` (observation offsets take their layout embeddings, action offsets none). Calls of action tokens only use
     the decode graph (no image branch), anything else the prefill graph."""
 
-    def __init__(self, policy: RuntimePolicy, offsets: np.ndarray):
+    def __init__(self, policy: RuntimePolicy, offsets: np.ndarray, rel_steps: np.ndarray):
         cfg, ctx = policy.cfg, policy.ctx
         T, C = len(offsets), policy._C
+        self.offsets, self.rel_steps = offsets, rel_steps  # within-timestep offsets; steps relative to the tick's
+        self.lead = bool(rel_steps[0] < 0)  # first token: the previous tick's last action
+        # rows of the tick's rotary table (row 0: previous tick's last action; row 1 + offset: this step)
+        self.rope_rows = np.where(rel_steps < 0, 0, 1 + offsets)
+        self.image_rows = np.flatnonzero(ctx.is_image[offsets] & (rel_steps == 0))
         L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
         mask = np.full((T, C + T), NEG_INF, np.float32)
         mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
