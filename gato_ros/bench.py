@@ -110,10 +110,33 @@ def replay_observations(paths: list[str], limit: int = 2000) -> tuple[list[dict]
     return obs, instruction
 
 
-def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0, replay: tuple[list[dict], str] | None = None
-                  ) -> dict[str, Any]:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (other work on the machine skews every timing; reported with them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0, replay: tuple[list[dict], str] | None = None,
+                  history: int | None = None) -> dict[str, Any]:
     """Time `ticks` control ticks after filling the context with `warmup` (>= window) ticks. Inputs: `replay`
-    (observations, instruction) if given, else 8 random observations in turn."""
+    (observations, instruction) if given, else 8 random observations in turn.
+
+    `history` = h: every timed tick instead sees exactly h cached timesteps (new episode, h untimed ticks, one
+    timed tick), for the tick-versus-context-length table."""
     cfg = policy.cfg
     rng = np.random.default_rng(seed)
     spec = cfg.spec
@@ -128,15 +151,22 @@ def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0, replay: tuple[
     policy.set_instruction(instruction)
     for i in range(warmup):
         policy.act(obs[i % n_obs])
-    policy.timings = []
-    calls0 = policy.graph_calls
+    tm: list[dict] = []
+    calls = 0
     for i in range(ticks):
-        policy.act(obs[i % n_obs])
-    tm, policy.timings = policy.timings, None
+        if history is not None:
+            policy.reset()
+            for j in range(history):
+                policy.act(obs[(i + j) % n_obs])
+        cached = int((policy._prefix_mask == 0).sum() + (policy._ring_step >= 0).sum())
+        calls0, policy.timings = policy.graph_calls, tm
+        policy.act(obs[(i + (history or 0)) % n_obs])
+        calls += policy.graph_calls - calls0
+        policy.timings = None
     each = [d for t in tm for d in t["decode"]]
     return {
         "tick": _pct([t["tick"] for t in tm]),
-        "graph_calls_per_tick": round((policy.graph_calls - calls0) / ticks, 3),
+        "graph_calls_per_tick": round(calls / ticks, 3),
         "breakdown_ms": {
             "tokenize": _pct([t["tokenize"] for t in tm])["p50"],
             "prefill": _pct([t["prefill"] for t in tm])["p50"],
@@ -145,7 +175,7 @@ def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0, replay: tuple[
             "decode_total": _pct([sum(t["decode"]) for t in tm])["p50"],
             "detokenize": _pct([t["detokenize"] for t in tm])["p50"],
         },
-        "cached_tokens": int((policy._prefix_mask == 0).sum() + (policy._ring_step >= 0).sum()),
+        "cached_tokens": cached,  # prefix + ring slots holding keys/values when the (last) timed tick started
     }
 
 
@@ -220,7 +250,8 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
 def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = None, ticks: int = 200,
                   peer_ticks: int = 30, recompute_ticks: int = 5, threads: int | None = None,
                   execution_provider: str = "auto", peers: bool = True, progress=None,
-                  precision: str = "fp32", jacobi: bool = True, data: list[str] | None = None) -> dict[str, Any]:
+                  precision: str = "fp32", jacobi: bool = True, data: list[str] | None = None,
+                  history_steps: int | None = None) -> dict[str, Any]:
     """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle."""
     from gato_ros.runtime import RuntimePolicy
 
@@ -238,9 +269,12 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         policy = RuntimePolicy.load(bundle_dir, execution_provider=execution_provider, threads=threads)
         policy.jacobi = jacobi
         cfg = policy.cfg
+        if history_steps is not None and not 0 <= history_steps <= cfg.window_steps:
+            raise ValueError(f"history_steps={history_steps}: choose 0..{cfg.window_steps} (the model's window)")
         say("time runtime")
+        load0 = load_average()
         replay = replay_observations(data, ticks + cfg.window_steps + 2) if data else None
-        ours = bench_runtime(policy, ticks, warmup=cfg.window_steps + 2, replay=replay)
+        ours = bench_runtime(policy, ticks, warmup=cfg.window_steps + 2, replay=replay, history=history_steps)
         result: dict[str, Any] = {
             "model": cfg.name,
             "precision": policy.bundle.meta.get("precision", "fp32"),
@@ -253,6 +287,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             "inputs": f"replayed episodes from {', '.join(data)}" if data else "8 random observations in turn",
             "context_tokens": cfg.context_tokens,
             "cached_tokens": ours["cached_tokens"],
+            "history_steps": cfg.window_steps if history_steps is None else history_steps,
             "tick_ms": ours["tick"],
             "breakdown_ms": ours["breakdown_ms"],
         }
@@ -276,7 +311,8 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         result.update({
             "bound_ms": round(bound, 3),
             "bound_fraction": round(bound / ours["tick"]["p50"], 3),
-            "machine": {**lim, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "machine": {**lim, "cpu": cpu_model(), "cores": os.cpu_count(),
+                        "load_avg_start": load0, "load_avg_end": load_average(),
                         "weight_mb": round(costs["weight_bytes"] / 1e6, 2),
                         "prefill_gflop": round(costs["prefill_flops"] / 1e9, 3)},
             "ticks": ticks,

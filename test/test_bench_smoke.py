@@ -33,6 +33,13 @@ def test_bench_config_json_contract(tmp_path):
     assert 0 <= b["decode_calls_per_tick"] <= 6 and b["prefill"] > 0 and b["tokenize"] > 0
     assert r["cached_tokens"] > preset("gato-tiny").ring_slots // 2  # the context holds a full window of history
     assert r["bound_ms"] > 0 and r["bound_fraction"] > 0 and r["machine"]["mem_bw_gbs"] > 0
+    assert r["machine"]["cpu"] and len(r["machine"]["load_avg_start"]) == 3  # where and under what load
+    # Tick versus context length: each timed tick sees exactly one cached timestep (plus the instruction).
+    short = json.loads(subprocess.run([gato, "bench", "--config", "gato-tiny", "--ticks", "5", "--threads", "1",
+                                       "--history-steps", "1", "--no-peers", "--json"], check=True,
+                                      capture_output=True, text=True, timeout=600).stdout.strip().splitlines()[-1])
+    assert short["history_steps"] == 1 and "peers" not in short
+    assert 38 - 1 < short["cached_tokens"] <= preset("gato-tiny").prefix_slots + 38 - 1  # its last action pends
 
 
 def test_model_costs_scale_with_size():

@@ -3,6 +3,9 @@ recompute loop of the same size, with a per-phase breakdown and the machine's ph
 
     gato-ros bench --model models/gato_arm_small --json
     gato-ros bench --config gato-79m --ticks 30 --peer-ticks 5 --recompute-ticks 1 --json
+    gato-ros bench --config gato-small --history-steps 2 --no-peers --json   # shorter context, same tick
+
+Measured rows and their commands: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replay the observations of these episode datasets (realistic inputs; default: random)")
     parser.add_argument("--sequential", action="store_true",
                         help="decode the action tokens one call each instead of exact Jacobi iteration")
+    parser.add_argument("--history-steps", type=int, metavar="H",
+                        help="each timed tick sees exactly H cached timesteps (0..window; default: a full window, "
+                             "the steady state): the tick-versus-context-length table")
     parser.add_argument("--no-peers", action="store_true", help="time the runtime only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
                         args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision,
-                        not args.sequential, args.data)
+                        not args.sequential, args.data, args.history_steps)
     bar.close()
     if args.json:
         print(json.dumps(res))
