@@ -39,5 +39,10 @@ model: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m gato_ros.ros.soak --duration 600 --json
 
+# Fine-tuning loop on a new task variant (issue 7): expert demos recorded through ROS -> bags -> dataset ->
+# train --init models/gato_arm_small -> export -> eval before/after (docs/ros.md). Flags: FINETUNE_ARGS="--steps 300".
+finetune-demo: $(STAMP)
+	$(PY) -m gato_ros.finetune_demo $(FINETUNE_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

@@ -67,6 +67,8 @@ class FinetuneDemoConfig:
     noise: float = 0.01
     """Executed-action noise of the expert (rad; labels stay clean: DART), for demos and replay alike."""
     execution_provider: str = "auto"
+    export_rollout_steps: int = 0
+    """Cached-decoding steps of the export check; 0: export's default (the ring buffer wraps twice)."""
     progress: bool = True
     json: bool = False
 
@@ -101,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
     p.add_argument("--label-sigma", type=float, default=-1.0, help="HL-Gauss label std (default: the bundle's)")
     p.add_argument("--noise", type=float, default=d["noise"].default, help="expert action noise, rad (default %(default)s)")
     p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    p.add_argument("--export-rollout-steps", type=int, default=0,
+                   help="steps of export's ONNX-vs-torch rollout check (default: export's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines still go to stderr)")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout at the end")
     a = p.parse_args(argv)
@@ -109,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
             lr=a.lr, label_sigma=a.label_sigma, noise=a.noise, execution_provider=a.execution_provider,
-            progress=not a.no_progress, json=a.json)
+            export_rollout_steps=a.export_rollout_steps, progress=not a.no_progress, json=a.json)
     except ValueError as err:
         p.error(str(err))
 
@@ -138,7 +142,8 @@ class Demo:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta = json.loads((Path(cfg.bundle) / "gato.json").read_text())
-        self.timing: dict[str, float] = {}
+        self._timing_file = self.out / "timing.json"  # stage times survive a resumed run
+        self.timing: dict[str, float] = json.loads(self._timing_file.read_text()) if self._timing_file.is_file() else {}
         self.facts: dict = {}
         self._stage = 0
 
@@ -155,6 +160,7 @@ class Demo:
         t0 = time.perf_counter()
         fn()
         self.timing[name] = round(time.perf_counter() - t0, 1)
+        self._timing_file.write_text(json.dumps(self.timing) + "\n")
         self.log(f"{self._stage}/7 {name}: {self.timing[name]:.0f} s")
 
     def progress_flag(self) -> list[str]:
@@ -219,7 +225,8 @@ class Demo:
         tmp = self.out / "bundle.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         name = f"{self.meta.get('name', 'gato')}_{NEW_TASK}"
-        _gato(["export", "--checkpoint", str(self.out / "run"), "--out", str(tmp), "--name", name, "--json"])
+        check = ["--rollout-steps", str(self.cfg.export_rollout_steps)] if self.cfg.export_rollout_steps else []
+        _gato(["export", "--checkpoint", str(self.out / "run"), "--out", str(tmp), "--name", name, "--json", *check])
         tmp.rename(self.out / "bundle")
 
     # ---- the whole loop ---------------------------------------------------------------------------------------
@@ -278,7 +285,7 @@ class Demo:
             "datasets": {"bags": info_bags, "replay": info_replay},
             "train": train,
             "config": asdict(self.cfg),
-            "timing_s": dict(self.timing, total=round(wall, 1)),
+            "timing_s": dict(self.timing, total=round(sum(self.timing.values()), 1), this_run=round(wall, 1)),
         }
 
 

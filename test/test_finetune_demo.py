@@ -19,8 +19,9 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
-           "--eval-episodes", "1", "--execution-provider", "cpu", "--no-progress", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+           "--eval-episodes", "1", "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress",
+           "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
