@@ -10,7 +10,7 @@ export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test bench model soak clean-venv
+.PHONY: venv demo test bench model soak finetune-demo clean-venv
 
 venv: $(STAMP)
 
