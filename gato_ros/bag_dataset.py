@@ -165,7 +165,9 @@ def convert_bags(
         from tqdm import tqdm
 
         iterator = tqdm(bags, desc="bags", unit="bag")
-    for bag in iterator:
+
+    def convert_one(bag) -> None:
+        """One bag into the dataset; a ValueError says what is missing."""
         msgs, bag_report = read_bag(bag)
         report.bags.append(str(bag))
         report.notes += [f"{bag}: {n}" for n in bag_report.notes]
@@ -290,6 +292,16 @@ def convert_bags(
             report.files.append(str(path))
             report.episodes_written += 1
             report.steps_written += len(ep)
+
+    for bag in iterator:
+        try:
+            convert_one(bag)
+        except ValueError as err:
+            if not report.episodes_written:
+                raise
+            # Keep what earlier bags gave (never silently dropped) and say so.
+            raise ValueError(f"{err}. The {report.episodes_written} episodes converted from the bags before it are in "
+                             f"{out} and stay there; convert the remaining bags separately") from err
     return report
 
 

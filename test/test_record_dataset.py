@@ -144,6 +144,15 @@ def test_bag_without_needed_topics_lists_what_is_missing(tmp_path):
     assert "/camera/image_raw" in text and "/joint_states" in text and "/chatter (1)" in text
 
 
+def test_a_bad_bag_after_good_ones_keeps_their_episodes_and_says_so(tmp_path):
+    w = BagWriter(tmp_path / "empty")
+    w.write_message("/chatter", "std_msgs/msg/String", 1, w.message_class("std_msgs/msg/String")(data="x"))
+    w.close()
+    with pytest.raises(ValueError, match=r"missing .*/joint_states.*The 2 episodes converted from the bags before"):
+        convert_bags([TINY_BAG, tmp_path / "empty"], tmp_path / "ds")
+    assert len(EpisodeDataset(tmp_path / "ds")) == 2
+
+
 def test_mismatched_joint_names_are_reported(tmp_path):
     bag = _synthetic_bag(tmp_path / "bag")
     with pytest.raises(ValueError, match="missing.*elbow_2"):
