@@ -3,6 +3,8 @@
     bag(s) ──read_bag──> messages by topic ──split──> episodes ──resample at the control rate (hold-last)──>
         per tick t_k: latest image <= t_k, latest joint state <= t_k, action (below) ──> gato_ros.dataset
 
+Sensor times are header stamps when they are on the recorder's clock, else receive times (`_sample_times`).
+
 Episodes are delimited by our markers on /gato/episode (start / end with success / discard) when a bag has them,
 otherwise by gaps of more than `gap_s` in /joint_states. Actions come either from the commands the policy or expert
 sent (`actions="commands"`: the latest /position_controller/commands or /arm_controller/joint_trajectory command
@@ -131,6 +133,26 @@ def _segments(msgs: list[BagMessage], joint_stamps: np.ndarray, gap_s: float, re
     return [(int(joint_stamps[s]), int(joint_stamps[e]), None, False) for s, e in zip(starts, ends)]
 
 
+def _sample_times(msgs: list[BagMessage]) -> np.ndarray:
+    """When each sensor message was measured: its header stamp if every message has one on the recorder's clock
+    (within 1 s of when it was received), else the receive time.
+
+    Header stamps matter for the labels: the recorder stamps what it receives when its executor gets to it, so an
+    image and the command that answers it, arriving in one wake-up, can be written in the wrong order (a few % of
+    ticks on a loaded machine); the image's header stamp (set when the frame was published) is before any command
+    computed from it, whatever the recorder's delays. Header stamps of zero (no clock) or from another clock fall
+    back to receive times."""
+    received = np.asarray([m.timestamp_ns for m in msgs], dtype=np.int64)
+    try:
+        header = np.asarray([m.msg.header.stamp.sec * 10**9 + m.msg.header.stamp.nanosec for m in msgs],
+                            dtype=np.int64)
+    except AttributeError:
+        return received
+    if header.size and np.all(header > 0) and np.median(np.abs(received - header)) < 10**9:
+        return header
+    return received
+
+
 def _latest_index(stamps: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Index of the last stamp <= each t (-1 where none)."""
     return np.searchsorted(stamps, t, side="right") - 1
@@ -193,7 +215,7 @@ def convert_bags(
         from gato_ros.ros.conversions import ConversionError, JointStateMatcher
 
         matcher = JointStateMatcher(names, JOINT_TOPIC)
-        j_stamps, j_pos, j_vel = [], [], []
+        usable, j_pos, j_vel = [], [], []
         bad = 0
         for m in joints:
             try:
@@ -203,17 +225,19 @@ def convert_bags(
                     first_error = str(err)
                 bad += 1
                 continue
-            j_stamps.append(m.timestamp_ns)
+            usable.append(m)
             j_pos.append(p)
             j_vel.append(v)
         if bad:
             report.notes.append(f"{bag}: {bad} of {len(joints)} joint states unusable, e.g.: {first_error}")
-        if not j_stamps:
+        if not usable:
             raise ValueError(f"{bag}: no usable {JOINT_TOPIC} message: {first_error}")
-        j_stamps = np.asarray(j_stamps, dtype=np.int64)
-        j_pos, j_vel = np.asarray(j_pos), np.asarray(j_vel)
-        images = by_topic[image_topic]
-        i_stamps = np.asarray([m.timestamp_ns for m in images], dtype=np.int64)
+        j_stamps = _sample_times(usable)
+        order = np.argsort(j_stamps, kind="stable")
+        j_stamps, j_pos, j_vel = j_stamps[order], np.asarray(j_pos)[order], np.asarray(j_vel)[order]
+        i_stamps = _sample_times(by_topic[image_topic])
+        order = np.argsort(i_stamps, kind="stable")
+        i_stamps, images = i_stamps[order], [by_topic[image_topic][i] for i in order]
         if command_topic is not None:
             commands = by_topic[command_topic]
             c_stamps = np.asarray([m.timestamp_ns for m in commands], dtype=np.int64)

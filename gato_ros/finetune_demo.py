@@ -134,6 +134,25 @@ def _last_json(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
+def label_agreement(dataset: Path, commands: Path) -> float:
+    """Share of the bag-derived steps whose action is exactly the command the driver sent for that joint state
+    in that episode (1.0: the recording and the conversion lost or shifted nothing)."""
+    import numpy as np
+
+    from gato_ros.dataset import EpisodeDataset
+
+    with np.load(commands) as f:
+        episode, joints, sent_commands = f["episode"], f["joint_pos"], f["command"]
+    total = equal = 0
+    for i, ep in enumerate(EpisodeDataset(dataset)):
+        mine = episode == i  # every episode starts at the same home pose: match within the episode
+        sent = {q.tobytes(): a for q, a in zip(joints[mine], sent_commands[mine])}
+        for q, a in zip(np.asarray(ep.observations["joint_pos"], np.float64), ep.actions):
+            total += 1
+            equal += bool(q.tobytes() in sent and np.array_equal(sent[q.tobytes()], a))
+    return equal / total if total else 0.0
+
+
 class Demo:
     """The stages of the module docstring over one run directory."""
 
@@ -182,11 +201,16 @@ class Demo:
             shutil.rmtree(bag)
         bag.parent.mkdir(parents=True, exist_ok=True)
         size = self.meta.get("image_size") or 64
-        summary, _ = record_demonstrations(
+        summary, episodes = record_demonstrations(
             str(bag), NEW_TASK, self.cfg.episodes, self.cfg.record_seed,
             rate_hz=float(self.meta.get("control_rate_hz") or 20.0), image_size=int(size[0] if isinstance(size, list)
                                                                                       else size),
             noise=self.cfg.noise, progress=self.cfg.progress, log_dir=self.out / "logs")
+        import numpy as np
+
+        sent = [(i, q, a) for i, ep in enumerate(episodes) for q, a in ep.sent]
+        np.savez(self.out / "record_commands.npz", episode=np.array([i for i, _, _ in sent]),
+                 joint_pos=np.array([q for _, q, _ in sent]), command=np.array([a for _, _, a in sent]))
         (self.out / "record.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     def from_bags(self) -> None:
@@ -194,6 +218,7 @@ class Demo:
         shutil.rmtree(tmp, ignore_errors=True)
         report = _last_json(_gato(["dataset", "from-bags", str(self.out / "bags" / NEW_TASK), "--out", str(tmp),
                                    "--bundle", self.cfg.bundle, "--json"]))
+        report["labels_equal_to_sent_commands"] = label_agreement(tmp, self.out / "record_commands.npz")
         (self.out / "from_bags.json").write_text(json.dumps(report, indent=1) + "\n")
         tmp.rename(self.out / "data" / NEW_TASK)
 
@@ -281,7 +306,9 @@ class Demo:
             "checks": checks,
             "eval": {"episodes_per_task": self.cfg.eval_episodes, "seeds": [self.cfg.eval_seed,
                                                                            self.cfg.eval_seed + self.cfg.eval_episodes - 1]},
-            "record": {k: record[k] for k in ("episodes", "seeds", "expert_success_rate", "steps", "wall_s", "bag")},
+            "record": dict({k: record[k] for k in ("episodes", "seeds", "expert_success_rate", "steps", "wall_s", "bag")},
+                           labels_equal_to_sent_commands=json.loads((o / "from_bags.json").read_text()).get(
+                               "labels_equal_to_sent_commands")),
             "datasets": {"bags": info_bags, "replay": info_replay},
             "train": train,
             "config": asdict(self.cfg),

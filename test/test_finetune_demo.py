@@ -38,6 +38,8 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     # The demos went through ROS into a real bag with episode markers, and the expert solved them.
     rec = summary["record"]
     assert rec["episodes"] == 3 and rec["expert_success_rate"] == 1.0
+    # Each bag-derived step carries the command the driver sent for that very joint state (lockstep + labelling).
+    assert rec["labels_equal_to_sent_commands"] >= 0.9
     assert (out / "bags" / "point_above" / "metadata.yaml").is_file()
     ds = EpisodeDataset(out / "data" / "point_above")
     assert len(ds) == 3 and all(ep.task == "point_above" and ep.success for ep in ds)

@@ -56,9 +56,10 @@ def test_bag_and_collected_datasets_report_the_same_structure(tmp_path):
 
 
 def _synthetic_bag(path, storage="mcap", with_commands=True, compressed_images=False, markers=False, gap=False,
-                   names_in_burst=None):
+                   names_in_burst=None, image_delay_ns=None):
     """Two bursts of 1 s at 20 Hz; joint i moves linearly; the command is the next position.
-    names_in_burst: {burst: joint names} replaces the joint names of that burst's /joint_states."""
+    names_in_burst: {burst: joint names} replaces the joint names of that burst's /joint_states.
+    image_delay_ns: images carry their real header stamp and reach the bag this much later (a busy recorder)."""
     w = BagWriter(path, storage=storage)
     c = w.message_class
     hdr = c("std_msgs/msg/Header")(stamp=c("builtin_interfaces/msg/Time")(sec=0, nanosec=0), frame_id="")
@@ -85,9 +86,13 @@ def _synthetic_bag(path, storage="mcap", with_commands=True, compressed_images=F
                                 c("sensor_msgs/msg/CompressedImage")(header=hdr, format="png",
                                                                      data=np.frombuffer(buf.getvalue(), np.uint8)))
             else:
-                w.write_message("/camera/image_raw", "sensor_msgs/msg/Image", t, c("sensor_msgs/msg/Image")(
-                    header=hdr, height=48, width=64, encoding="mono8", is_bigendian=0, step=64,
-                    data=rgb[:, :, 0].reshape(-1)))
+                stamped = hdr
+                if image_delay_ns is not None:
+                    stamped = c("std_msgs/msg/Header")(stamp=c("builtin_interfaces/msg/Time")(
+                        sec=t // 10**9, nanosec=t % 10**9), frame_id="camera")
+                w.write_message("/camera/image_raw", "sensor_msgs/msg/Image", t + (image_delay_ns or 0),
+                                c("sensor_msgs/msg/Image")(header=stamped, height=48, width=64, encoding="mono8",
+                                                           is_bigendian=0, step=64, data=rgb[:, :, 0].reshape(-1)))
             if with_commands:
                 w.write_message("/position_controller/commands", "std_msgs/msg/Float64MultiArray", t + 5_000_000,
                                 c("std_msgs/msg/Float64MultiArray")(
@@ -119,6 +124,20 @@ def test_command_labels_the_frame_it_answers_whatever_the_tick_phase(tmp_path):
     ep = EpisodeDataset(tmp_path / "ds")[0]
     assert len(ep) >= 38
     np.testing.assert_allclose(ep.actions, ep.observations["joint_pos"] + 0.01)
+
+
+def test_images_are_placed_at_their_header_stamps(tmp_path):
+    """The recorder wrote each image 8 ms late, after the joint state and even the command that answered it (5 ms):
+    by receive time each tick would pair frame k's joints with frame k-1's image. Header stamps keep frames whole."""
+    bag = _synthetic_bag(tmp_path / "bag", image_delay_ns=8_000_000)
+    convert_bags([bag], tmp_path / "ds")
+    ep = EpisodeDataset(tmp_path / "ds")[0]
+    assert len(ep) >= 38
+    np.testing.assert_allclose(ep.actions, ep.observations["joint_pos"] + 0.01)
+    # Each step's image is the frame of its joint state (frame k: joints at 0.01 k, image grey level 10 k).
+    frame = np.round(ep.observations["joint_pos"][:, 0] / 0.01).astype(int)
+    first = frame < 20
+    np.testing.assert_allclose(ep.observations["image"][first].mean(axis=(1, 2, 3)), 10 * frame[first], atol=1)
 
 
 def test_next_state_actions_and_compressed_images(tmp_path):

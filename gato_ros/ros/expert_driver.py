@@ -128,7 +128,7 @@ class ExpertDriver:
                 raise GraphError(f"{self._start.srv_name}: {res.message}")
         t0 = time.monotonic()
         info = client.reset_episode()
-        _, env_info = self.env.reset(seed=int(info["seed"]), options={"task": info["task"]})
+        start_obs, env_info = self.env.reset(seed=int(info["seed"]), options={"task": info["task"]})
         if env_info["instruction"] != info["instruction"]:
             raise GraphError(f"the sim's episode ({info}) and the expert's shadow env ({env_info['instruction']!r}) "
                              "disagree: are they running the same gato_ros version?")
@@ -153,7 +153,10 @@ class ExpertDriver:
                 continue
             if step < answered:
                 continue
-            q, qd = self._joints_after(last_sent)
+            # Frame 0 must not be answered with a /joint_states of the previous episode (the paused sim repeats its
+            # last frame until the reset): it is the one that equals the shadow env's start (same seed, same
+            # deterministic reset). Later frames are published only after our previous command arrived.
+            q, qd = self._joints_after(last_sent, start_obs["joint_pos"] if answered < 0 else None)
             command = np.asarray(self.expert.act({"joint_pos": q, "joint_vel": qd}), dtype=np.float64)
             self._publish(command)
             last_sent = time.monotonic()
@@ -169,17 +172,21 @@ class ExpertDriver:
         return DrivenEpisode(task=task, seed=int(info["seed"]), instruction=info["instruction"], success=success,
                              steps=int(last.get("step", 0)), wall_s=time.monotonic() - t0, sent=sent)
 
-    def _joints_after(self, since: float, timeout: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """The first /joint_states received after `since` (the frame being answered was published after our
-        last command), as (positions, velocities) in the expert's joint order."""
+    def _joints_after(self, since: float, expect: np.ndarray | None = None,
+                      timeout: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+        """The latest /joint_states received after `since` (and equal to `expect` when given), as (positions,
+        velocities) in the expert's joint order."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 joints = self._joints
             if joints is not None and joints[0] > since:
-                return self.matcher.match(joints[1])
+                q, qd = self.matcher.match(joints[1])
+                if expect is None or np.allclose(q, expect, rtol=0.0, atol=1e-9):
+                    return q, qd
             if time.monotonic() > deadline:
-                raise GraphError(f"no /joint_states within {timeout:g} s of the sim's frame")
+                raise GraphError(f"no /joint_states of the sim's frame within {timeout:g} s"
+                                 + (f" (waiting for the start pose {np.round(expect, 4)})" if expect is not None else ""))
             time.sleep(0.001)
 
     def _publish(self, command: np.ndarray) -> None:
