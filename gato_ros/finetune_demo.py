@@ -101,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
     p.add_argument("--batch-size", type=int, default=0, help="training batch (default: the bundle's)")
     p.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (default %(default)s)")
     p.add_argument("--label-sigma", type=float, default=-1.0, help="HL-Gauss label std (default: the bundle's)")
-    p.add_argument("--noise", type=float, default=d["noise"].default, help="expert action noise, rad (default %(default)s)")
+    p.add_argument("--noise", type=float, default=d["noise"].default,
+                   help="expert action noise, rad (default %(default)s)")
     p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     p.add_argument("--export-rollout-steps", type=int, default=0,
                    help="steps of export's ONNX-vs-torch rollout check (default: export's)")
@@ -258,7 +259,8 @@ class Demo:
     def run(self) -> dict:
         t0 = time.perf_counter()
         o = self.out
-        self.stage("eval before", o / "eval_before.json", lambda: self.evaluate(self.cfg.bundle, o / "eval_before.json"))
+        self.stage("eval before", o / "eval_before.json",
+                   lambda: self.evaluate(self.cfg.bundle, o / "eval_before.json"))
         self.stage(f"record {self.cfg.episodes} {NEW_TASK} demos through ROS", o / "record.json", self.record)
         self.stage("bags -> dataset", o / "data" / NEW_TASK, self.from_bags)
         self.stage("replay data of the original tasks", o / "data" / "replay", self.replay)
@@ -287,6 +289,7 @@ class Demo:
         replay = o / "data" / "replay"
         info_replay = dataset_info(replay) if (replay / "dataset.json").is_file() else None
         record = json.loads((o / "record.json").read_text())
+        from_bags = json.loads((o / "from_bags.json").read_text())
         checks = {
             "new_task_before_below_20pct": tasks[NEW_TASK]["before"]["success_rate"] < 0.2,
             "new_task_after_at_least_70pct": tasks[NEW_TASK]["after"]["success_rate"] >= 0.7,
@@ -304,11 +307,11 @@ class Demo:
             "bundle_after": str(o / "bundle"),
             "tasks": tasks,
             "checks": checks,
-            "eval": {"episodes_per_task": self.cfg.eval_episodes, "seeds": [self.cfg.eval_seed,
-                                                                           self.cfg.eval_seed + self.cfg.eval_episodes - 1]},
-            "record": dict({k: record[k] for k in ("episodes", "seeds", "expert_success_rate", "steps", "wall_s", "bag")},
-                           labels_equal_to_sent_commands=json.loads((o / "from_bags.json").read_text()).get(
-                               "labels_equal_to_sent_commands")),
+            "eval": {"episodes_per_task": self.cfg.eval_episodes,
+                     "seeds": [self.cfg.eval_seed, self.cfg.eval_seed + self.cfg.eval_episodes - 1]},
+            "record": dict({k: record[k] for k in ("episodes", "seeds", "expert_success_rate", "steps", "wall_s",
+                                                   "bag")},
+                           labels_equal_to_sent_commands=from_bags.get("labels_equal_to_sent_commands")),
             "datasets": {"bags": info_bags, "replay": info_replay},
             "train": train,
             "config": asdict(self.cfg),
@@ -322,12 +325,16 @@ def _pct(rate: float, ci: list[float]) -> str:
 
 def report_markdown(s: dict) -> str:
     """The short human-readable report of a summary (report.md)."""
+    train = s["train"]
     lines = [
         f"# Fine-tuning demo: {s['new_task']}", "",
         f"Fine-tuned `{s['bundle_before']}` -> `{s['bundle_after']}` on {s['record']['episodes']} expert demos of "
         f"`{s['new_task']}` recorded through ROS 2 (bag `{s['record']['bag']}`, expert success "
         f"{s['record']['expert_success_rate']:.0%}) plus replay of the original tasks; "
-        f"{s['train'].get('step', '?')} steps (batch {s['train'].get('batch_size', '?')}, lr {s['train'].get('lr', '?')}).",
+        f"{train.get('step', '?')} steps (batch {train.get('batch_size', '?')}, lr {train.get('lr', '?')}).",
+        "",
+        f"Bag-derived steps whose label is exactly the command sent for that state: "
+        f"{s['record'].get('labels_equal_to_sent_commands') or 0:.1%}.",
         "",
         f"Success on {s['eval']['episodes_per_task']} held-out episodes per task (seeds {s['eval']['seeds'][0]}.."
         f"{s['eval']['seeds'][1]}, the same before and after), Wilson 95% intervals:", "",

@@ -1,11 +1,11 @@
 """The scripted expert driving the sim node over ROS 2 while the recorder records: demonstrations as a user would
 record them on a robot (issue 7), with the expert in the place of a teleoperator.
 
-    gato_sim (lockstep) ──/joint_states, /gato_sim/episode──> ExpertDriver ──/position_controller/commands──> gato_sim
-         ▲                                                        │   ▲
-         └──── set_parameters (task, seed), ~/reset_episode ──────┘   └─ shadow ArmEnv (same task + seed, never stepped)
-                                                                  │
-    gato_recorder <── ~/start_episode, ~/end_episode (success) ───┘   all topics ──> rosbag2 (MCAP)
+    gato_sim (lockstep) ──/joint_states, ~/episode──> ExpertDriver ──/position_controller/commands──> gato_sim
+         ▲                                                    │  ▲
+         └──── set_parameters (task, seed), ~/reset_episode ──┤  └─ shadow ArmEnv (same task + seed, not stepped)
+                                                              │
+    gato_recorder <── ~/start_episode, ~/end_episode ─────────┘     all topics ──> rosbag2 (MCAP)
 
 Per episode: open a recorder episode, reset the sim to (task, seed), then answer every frame the sim publishes with
 one command until the sim reports the episode done, then close the recorder episode with the sim's success flag.
@@ -185,8 +185,8 @@ class ExpertDriver:
                 if expect is None or np.allclose(q, expect, rtol=0.0, atol=1e-9):
                     return q, qd
             if time.monotonic() > deadline:
-                raise GraphError(f"no /joint_states of the sim's frame within {timeout:g} s"
-                                 + (f" (waiting for the start pose {np.round(expect, 4)})" if expect is not None else ""))
+                waiting = f" (waiting for the start pose {np.round(expect, 4)})" if expect is not None else ""
+                raise GraphError(f"no /joint_states of the sim's frame within {timeout:g} s{waiting}")
             time.sleep(0.001)
 
     def _publish(self, command: np.ndarray) -> None:
