@@ -166,6 +166,7 @@ def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0, replay: tuple[
     each = [d for t in tm for d in t["decode"]]
     return {
         "tick": _pct([t["tick"] for t in tm]),
+        "cpu": _pct([t["cpu"] for t in tm]),
         "graph_calls_per_tick": round(calls / ticks, 3),
         "breakdown_ms": {
             "tokenize": _pct([t["tokenize"] for t in tm])["p50"],
@@ -289,6 +290,9 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             "cached_tokens": ours["cached_tokens"],
             "history_steps": cfg.window_steps if history_steps is None else history_steps,
             "tick_ms": ours["tick"],
+            # CPU time of the process per tick: immune to being preempted on a loaded machine, not to sharing caches
+            # and memory bandwidth; with 2 threads it includes the ONNX Runtime workers' spinning
+            "tick_cpu_ms": ours["cpu"],
             "breakdown_ms": ours["breakdown_ms"],
         }
         if peers:

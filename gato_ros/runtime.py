@@ -206,6 +206,7 @@ class RuntimePolicy:
         """One control tick: observation dict -> (A,) float64 joint targets (clipped to the joint limits)."""
         timed = self.timings is not None
         t0 = time.perf_counter() if timed else 0.0
+        c0 = time.process_time() if timed else 0.0
         obs = self._check_observation(observation)
         step = self.tok.tokenize_steps({k: v[None] for k, v in obs.items()}, None, self.cfg.spec)
         if timed:
@@ -220,7 +221,7 @@ class RuntimePolicy:
             t3 = time.perf_counter()
             c = np.diff(self._calls)  # prefill, then each decode (incl. sampling the token it predicts)
             self.timings.append({"tokenize": t1 - t0, "prefill": float(c[0]), "decode": c[1:].tolist(),
-                                 "detokenize": t3 - t2, "tick": t3 - t0})
+                                 "detokenize": t3 - t2, "tick": t3 - t0, "cpu": time.process_time() - c0})
             self._calls = None
         return out
 
