@@ -162,10 +162,27 @@ class Demo:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta = json.loads((Path(cfg.bundle) / "gato.json").read_text())
+        self._check_same_run()
         self._timing_file = self.out / "timing.json"  # stage times survive a resumed run
         self.timing: dict[str, float] = json.loads(self._timing_file.read_text()) if self._timing_file.is_file() else {}
         self.facts: dict = {}
         self._stage = 0
+
+    def _check_same_run(self) -> None:
+        """Skipping finished stages is only right for the same bundle and settings: refuse anything else."""
+        import hashlib
+
+        run = {k: v for k, v in asdict(self.cfg).items() if k not in ("out", "progress", "json", "execution_provider")}
+        run["bundle_sha256"] = hashlib.sha256((Path(self.cfg.bundle) / "gato.json").read_bytes()).hexdigest()
+        path = self.out / "demo_config.json"
+        if path.is_file():
+            before = json.loads(path.read_text())
+            changed = sorted(k for k in set(run) | set(before) if run.get(k) != before.get(k))
+            if changed:
+                raise SystemExit(f"finetune-demo: {self.out} holds a run with other settings ({', '.join(changed)}); "
+                                 "its finished stages would be reused. Use another --out, or delete it to start over")
+        else:
+            path.write_text(json.dumps(run, indent=1) + "\n")
 
     def log(self, text: str) -> None:
         print(f"[finetune-demo {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)

@@ -56,3 +56,6 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     # A second run finds every stage done and only rewrites the summary.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped") == 7, again.stderr[-2000:]
+    # Other settings in the same directory would reuse stale stages: refused, naming what differs.
+    other = subprocess.run(cmd[:-2] + ["--steps", "3", "--json"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "other settings (steps)" in other.stderr
