@@ -14,7 +14,9 @@ RUN=${RUN:-runs/$NAME}
 OUT=${OUT:-models/$NAME}
 REACH_EPISODES=${REACH_EPISODES:-1200}
 PICK_EPISODES=${PICK_EPISODES:-1000}
-STEPS=${STEPS:-3000}
+STEPS=${STEPS:-7000}
+LABEL_SIGMA=${LABEL_SIGMA:-4}
+THREADS=${THREADS:-0}
 CONFIG=${CONFIG:-gato-arm}
 NOISE=${NOISE:-0.01}
 BATCH=${BATCH:-16}
@@ -32,7 +34,7 @@ fi
 "$BIN/gato-ros" dataset info "$DATA"
 t1=$(date +%s)
 "$BIN/gato-ros" train --data "$DATA" --out "$RUN" --config "$CONFIG" --steps "$STEPS" --batch-size "$BATCH" \
-  --ckpt-every 250 --val-every 250 --resume
+  --label-sigma "$LABEL_SIGMA" --threads "$THREADS" --ckpt-every 250 --val-every 250 --resume
 t2=$(date +%s)
 rm -rf "$OUT.tmp" && "$BIN/gato-ros" export --checkpoint "$RUN" --out "$OUT.tmp" --name "$NAME"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
@@ -44,6 +46,17 @@ for policy in "$OUT" expert random; do
     --out "$RUN/eval/$tag.json" --no-progress > /dev/null
   echo "eval $tag: $(cat "$RUN/eval/$tag.json")"
 done
+# Gato few-shot prompting (a successful expert demonstration of the same task, fresh layouts) and the same episodes
+# through the ROS 2 node graph (sim node + policy node over DDS on loopback; the policy ticks in lockstep).
+"$BIN/gato-ros" eval --policy "$OUT" --episodes "$EVAL_EPISODES" --seed "$EVAL_SEED" --prompt expert --json \
+  --out "$RUN/eval/prompted.json" --no-progress > /dev/null
+echo "eval prompted: $(cat "$RUN/eval/prompted.json")"
+if [ "${ROS_EVAL:-1}" = 1 ]; then
+  ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))} \
+    "$BIN/gato-ros" eval --policy "$OUT" --episodes "$EVAL_EPISODES" --seed "$EVAL_SEED" --ros --json \
+    --out "$RUN/eval/ros.json" --no-progress > /dev/null
+  echo "eval ros: $(cat "$RUN/eval/ros.json")"
+fi
 t4=$(date +%s)
 echo "{\"collect_s\": $((t1-t0)), \"train_s\": $((t2-t1)), \"export_s\": $((t3-t2)), \"eval_s\": $((t4-t3))}" \
   | tee "$RUN/timing.json"
