@@ -246,7 +246,9 @@ def _report(args, node, counted, window, rss_start, rss_end, published) -> dict:
         "ticks": ticks,
         "deadline_misses": {"count": misses, "pct": 100.0 * misses / ticks if ticks else 0.0},
         "messages": messages,
-        "commands": {"published": counted["commands"], "received_by_robot": int(published["commands"])},
+        # "published": over the measured window; the robot counts the whole run, so compare it with published_total
+        "commands": {"published": counted["commands"], "published_total": node.commands,
+                     "received_by_robot": int(published["commands"])},
     }
 
 
