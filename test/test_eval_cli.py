@@ -110,6 +110,9 @@ def test_eval_a_real_bundle(capsys, tmp_path_factory):
     with pytest.raises(SystemExit, match="px"):
         main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--image-size", "32",
               "--no-progress"])
+    for flag, value in (("--reach-distractors", "attribute"), ("--pick-place-layout", "any")):
+        with pytest.raises(SystemExit, match=f"{flag} {value} is not supported with --ros"):
+            main(["eval", "--policy", str(bundle), "--episodes", "1", "--ros", flag, value, "--no-progress"])
 
 
 def test_eval_with_gato_prompts_from_the_expert_and_a_dataset(capsys, tmp_path_factory, tmp_path):

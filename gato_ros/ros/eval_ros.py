@@ -275,6 +275,11 @@ def evaluate_ros(args) -> dict:
         raise SystemExit(f"--policy {args.policy!r} is not a model bundle directory (no gato.json)")
     if getattr(args, "image_size", None):
         raise SystemExit("--image-size is not used with --ros: the sim renders the bundle's size from config/arm.yaml")
+    for flag, value, default in (("--reach-distractors", getattr(args, "reach_distractors", "colour"), "colour"),
+                                 ("--pick-place-layout", getattr(args, "pick_place_layout", "rows"), "rows")):
+        if value != default:  # the sim node samples the default layouts only: refuse rather than evaluate others
+            raise SystemExit(f"{flag} {value} is not supported with --ros yet: the sim node samples the default "
+                             f"layouts ({flag} {default}); run it without --ros")
     tasks = resolve_tasks(args.task)
     rate = bundle_facts(bundle)["control_rate_hz"]
     bar = None
