@@ -27,15 +27,14 @@ def _low_wakeup_latency():
     computers make the same request for their control loops. Best effort: without permission it changes nothing.
     The request lasts while the file stays open, i.e. for this test session only.
     """
-    import struct
+    from gato_ros.ros.common import hold_wakeup_latency
 
     try:
-        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+        fd = hold_wakeup_latency(0)
     except OSError:
         yield
         return
     try:
-        os.write(fd, struct.pack("i", 0))
         yield
     finally:
         os.close(fd)

@@ -276,3 +276,27 @@ def test_node_starts_without_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_cpu_dma_latency_request_is_held_while_the_node_runs(running):
+    """cpu_dma_latency_us >= 0: the node holds /dev/cpu_dma_latency open (the PM QoS request) until destroyed."""
+    import os
+
+    def held() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == "/dev/cpu_dma_latency"
+            except OSError:
+                pass
+        return n
+
+    if not os.access("/dev/cpu_dma_latency", os.W_OK):
+        pytest.skip("no write access to /dev/cpu_dma_latency here")
+    before = held()  # the test session's own request (conftest)
+    r = running(cpu_dma_latency_us=0)
+    assert r.node._wakeup_fd is not None and held() == before + 1
+    r.stop_node()
+    assert held() == before
+    r.start_node(cpu_dma_latency_us=-1)  # the default: no request
+    assert r.node._wakeup_fd is None and held() == before

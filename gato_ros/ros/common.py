@@ -87,3 +87,19 @@ def run_node(make_node, label: str, args: list[str] | None = None, threads: int 
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def hold_wakeup_latency(max_us: int) -> int:
+    """Open a Linux PM QoS request: CPUs may not enter idle states that take longer than `max_us` microseconds to
+    wake from, for as long as the returned file descriptor stays open (close it to release). OSError without
+    permission or where /dev/cpu_dma_latency does not exist."""
+    import os
+    import struct
+
+    fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    try:
+        os.write(fd, struct.pack("i", int(max_us)))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -21,6 +21,7 @@ Only numpy, onnxruntime and rclpy are imported: the node runs on a robot compute
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config, run_node
+from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config, hold_wakeup_latency, run_node
 from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_backend, image_to_model_input, to_grey
 from gato_ros.ros.policy_config import PolicyNodeConfig, load_policy
 from gato_ros.safety import SafetyConfig, SafetyFilter
@@ -61,6 +62,13 @@ class PolicyNode(Node):
         super().__init__(node_name, **kwargs)
         self.config = declare_config(self, PolicyNodeConfig)
         cfg = self.config
+        self._wakeup_fd: int | None = None
+        if cfg.cpu_dma_latency_us >= 0:
+            try:
+                self._wakeup_fd = hold_wakeup_latency(cfg.cpu_dma_latency_us)
+            except OSError as exc:
+                self.get_logger().warning(f"cpu_dma_latency_us={cfg.cpu_dma_latency_us}: cannot hold the PM QoS "
+                                          f"request ({exc}); running without it")
         self.model_path = str(cfg.resolved_model_path)
         if policy is None:
             policy = load_policy(cfg.resolved_model_path, cfg.execution_provider, cfg.inference_threads)
@@ -138,6 +146,12 @@ class PolicyNode(Node):
         )
 
     # ---- set-up ----------------------------------------------------------------------------------------
+    def destroy_node(self) -> None:
+        if self._wakeup_fd is not None:  # release the PM QoS request
+            os.close(self._wakeup_fd)
+            self._wakeup_fd = None
+        super().destroy_node()
+
     def _setup_model_interface(self) -> None:
         cfg, policy = self.config, self.policy
         bundle_names = [str(n) for n in policy.joint_names]
