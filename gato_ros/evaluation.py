@@ -140,28 +140,23 @@ def expert_prompts(env, seed: int) -> Callable[[str, int], tuple[dict, np.ndarra
 def dataset_prompts(path, seed: int = 0) -> Callable[[str, int], tuple[dict, np.ndarray]]:
     """Prompt source for `evaluate`: successful episodes of the same task from the dataset at `path`, in a fixed
     shuffled order (`seed`); ValueError naming the task if the dataset has none."""
-    from gato_ros.dataset import EpisodeDataset
+    from gato_ros.dataset import _read_meta, episode_paths, read_episode, read_header
 
-    data = EpisodeDataset(path, successful_only=True, cache=False)
-    by_task: dict[str, list[int]] = {}
-    for j, p in enumerate(data.paths):
-        by_task.setdefault(_episode_task(p), []).append(j)
+    header = read_header(path)
+    by_task: dict[str, list] = {}
+    for p in episode_paths(path):  # the small per-episode meta only; images are read when a prompt is used
+        meta = _read_meta(p)
+        if meta["success"]:
+            by_task.setdefault(meta["task"], []).append(p)
     order = np.random.default_rng(seed)
-
-    shuffled = {t: list(order.permutation(idx)) for t, idx in sorted(by_task.items())}
+    shuffled = {t: [paths[j] for j in order.permutation(len(paths))] for t, paths in sorted(by_task.items())}
 
     def demo(task: str, i: int) -> tuple[dict, np.ndarray]:
-        idx = shuffled.get(task)
-        if not idx:
+        paths = shuffled.get(task)
+        if not paths:
             raise ValueError(f"prompt dataset {path} has no successful {task!r} episode "
                              f"(it has: {sorted(shuffled) or 'none'})")
-        ep = data[int(idx[i % len(idx)])]
+        ep = read_episode(paths[i % len(paths)], header)
         return ep.observations, ep.actions
 
     return demo
-
-
-def _episode_task(path) -> str:
-    from gato_ros.dataset import _read_meta
-
-    return _read_meta(path)["task"]

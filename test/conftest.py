@@ -38,3 +38,13 @@ def _low_wakeup_latency():
         yield
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def ros_context():
+    """A private rclpy context for one test (shut down after it)."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)

@@ -25,6 +25,16 @@ HOME = np.array([-1.5708, -1.5708, 1.5708, -1.5708, -1.5708, 0.0, 0.04])
 _BUNDLE: dict[str, Path] = {}
 
 
+def call_service(client, request, timeout: float = 10.0):
+    """Call a service from a test thread while an executor elsewhere spins the client's node; the response."""
+    assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
+    future = client.call_async(request)
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(timeout), f"{client.srv_name} did not answer"
+    return future.result()
+
+
 def tiny_bundle(tmp_path_factory) -> Path:
     """Export (once per session) an untrained gato-tiny bundle for the sim's 7 joints."""
     if "path" not in _BUNDLE:
@@ -159,12 +169,7 @@ class Harness:
 
     # ---- services ------------------------------------------------------------------------------------------
     def call(self, client, request, timeout: float = 10.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout), f"{client.srv_name} did not answer"
-        return future.result()
+        return call_service(client, request, timeout)
 
     def enable(self, on: bool):
         req = self._types[2].Request()

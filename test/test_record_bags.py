@@ -18,15 +18,6 @@ from std_msgs.msg import String  # noqa: E402
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    if ctx.ok():
-        rclpy.shutdown(context=ctx)
-
-
 def _spin_until(executor, predicate, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -76,7 +67,7 @@ def test_unclosed_bag_is_salvaged_up_to_the_last_flushed_chunk(tmp_path):
     assert report.lost_bytes > 0 and any("incomplete record" in n for n in report.notes)
 
 
-def test_recorder_node_records_topics_and_episode_markers(tmp_path, context):
+def test_recorder_node_records_topics_and_episode_markers(tmp_path, ros_context):
     from rclpy.executors import SingleThreadedExecutor
     from std_srvs.srv import SetBool, Trigger
 
@@ -84,7 +75,7 @@ def test_recorder_node_records_topics_and_episode_markers(tmp_path, context):
 
     bag = tmp_path / "session"
     recorder = RecorderNode(
-        context=context,
+        context=ros_context,
         parameter_overrides=[
             rclpy.parameter.Parameter("bag", value=str(bag)),
             rclpy.parameter.Parameter("topics", value=["/joint_states", "/gato_sim/instruction"]),
@@ -94,8 +85,8 @@ def test_recorder_node_records_topics_and_episode_markers(tmp_path, context):
     assert recorder.get_parameter("storage").value == "mcap"
     assert recorder.get_parameter("chunk_interval_s").value == 1.0
     assert recorder.config.topics == ["/joint_states", "/gato_sim/instruction"]
-    talker = rclpy.create_node("talker", context=context)
-    ex = SingleThreadedExecutor(context=context)
+    talker = rclpy.create_node("talker", context=ros_context)
+    ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(recorder)
     ex.add_node(talker)
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -131,11 +122,11 @@ def test_recorder_node_records_topics_and_episode_markers(tmp_path, context):
     assert "gato_ros.git_commit" in report.custom_data
 
 
-def test_recorder_rejects_unwritable_bag_path_and_stays_up(tmp_path, context):
+def test_recorder_rejects_unwritable_bag_path_and_stays_up(tmp_path, ros_context):
     from gato_ros.ros.recorder_node import RecorderNode
 
     recorder = RecorderNode(
-        context=context, parameter_overrides=[rclpy.parameter.Parameter("bag", value="/proc/not/writable/bag")]
+        context=ros_context, parameter_overrides=[rclpy.parameter.Parameter("bag", value="/proc/not/writable/bag")]
     )
     assert recorder.writer is None and "cannot create bag" in recorder.error
     recorder.close()
@@ -151,11 +142,11 @@ def _run_recorder(bag: Path, chunk_interval: float) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_recorder_process_stopped_by_signal_keeps_its_data(tmp_path, context, sig):
+def test_recorder_process_stopped_by_signal_keeps_its_data(tmp_path, ros_context, sig):
     """SIGINT loses nothing; SIGKILL keeps everything up to the last flushed chunk (flushed when idle)."""
     bag = tmp_path / "bag"
     proc = _run_recorder(bag, chunk_interval=0.2)
-    node = rclpy.create_node("talker", context=context)
+    node = rclpy.create_node("talker", context=ros_context)
     try:
         pub = node.create_publisher(JointState, "/joint_states", QoSProfile(depth=200,
                                                                             reliability=ReliabilityPolicy.RELIABLE))

@@ -18,18 +18,10 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
-from ros_support import Running, assert_safe_sequence, rgb_image, tiny_bundle  # noqa: E402
+from ros_support import Running, assert_safe_sequence, call_service, rgb_image, tiny_bundle  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 STEP = np.array([0.1] * 6 + [0.01])
-
-
-@pytest.fixture
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
 
 
 class RecorderWatch:
@@ -55,16 +47,10 @@ class RecorderWatch:
 
 
 def call(node, srv_type, name: str, request, timeout: float = 10.0):
-    client = node.create_client(srv_type, name)
-    assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
-    future = client.call_async(request)
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(timeout), f"{name} did not answer"
-    return future.result()
+    return call_service(node.create_client(srv_type, name), request, timeout)
 
 
-def test_disk_full_stops_recording_and_control_continues(tmp_path, tmp_path_factory, context):
+def test_disk_full_stops_recording_and_control_continues(tmp_path, tmp_path_factory, ros_context):
     from std_srvs.srv import Trigger
 
     bag = tmp_path / "bag"
@@ -78,7 +64,7 @@ def test_disk_full_stops_recording_and_control_continues(tmp_path, tmp_path_fact
          "-p", "topics:=['/camera/image_raw', '/joint_states', '/position_controller/commands']",
          "-p", "chunk_interval_s:=0.2"],
         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limit_file_size)
-    r = Running(context, tiny_bundle(tmp_path_factory), enable_on_start=True, instruction="reach the red ball")
+    r = Running(ros_context, tiny_bundle(tmp_path_factory), enable_on_start=True, instruction="reach the red ball")
     try:
         watch = RecorderWatch(r.harness.node)
         h = r.harness
@@ -111,7 +97,7 @@ def test_disk_full_stops_recording_and_control_continues(tmp_path, tmp_path_fact
 
 
 @pytest.mark.parametrize("where", ["parent is a file", "read-only directory"])
-def test_unwritable_bag_path_is_reported_and_the_recorder_stays_up(tmp_path, context, where):
+def test_unwritable_bag_path_is_reported_and_the_recorder_stays_up(tmp_path, ros_context, where):
     from rclpy.executors import SingleThreadedExecutor
     from std_srvs.srv import Trigger
 
@@ -125,10 +111,10 @@ def test_unwritable_bag_path_is_reported_and_the_recorder_stays_up(tmp_path, con
             pytest.skip("root writes into read-only directories; the 'parent is a file' case covers root")
         (tmp_path / "ro").mkdir(mode=0o500)
         bag = tmp_path / "ro" / "bag"
-    recorder = RecorderNode(context=context, parameter_overrides=[rclpy.parameter.Parameter("bag", value=str(bag))])
-    client_node = rclpy.create_node("client", context=context)
+    recorder = RecorderNode(context=ros_context, parameter_overrides=[rclpy.parameter.Parameter("bag", value=str(bag))])
+    client_node = rclpy.create_node("client", context=ros_context)
     watch = RecorderWatch(client_node)
-    executor = SingleThreadedExecutor(context=context)
+    executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(recorder)
     executor.add_node(client_node)
     thread = threading.Thread(target=executor.spin, daemon=True)

@@ -27,14 +27,6 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
-@pytest.fixture
 def running(ros_context, bundle):
     made = []
 

@@ -63,16 +63,16 @@ class PolicyNode(Node):
         self.config = declare_config(self, PolicyNodeConfig)
         cfg = self.config
         self._wakeup_fd: int | None = None
-        if cfg.cpu_dma_latency_us >= 0:
+        self.model_path = str(cfg.resolved_model_path)
+        if policy is None:
+            policy = load_policy(cfg.resolved_model_path, cfg.execution_provider, cfg.inference_threads)
+        self.policy = policy
+        if cfg.cpu_dma_latency_us >= 0:  # after the bundle loaded: a node that fails to start holds nothing
             try:
                 self._wakeup_fd = hold_wakeup_latency(cfg.cpu_dma_latency_us)
             except OSError as exc:
                 self.get_logger().warning(f"cpu_dma_latency_us={cfg.cpu_dma_latency_us}: cannot hold the PM QoS "
                                           f"request ({exc}); running without it")
-        self.model_path = str(cfg.resolved_model_path)
-        if policy is None:
-            policy = load_policy(cfg.resolved_model_path, cfg.execution_provider, cfg.inference_threads)
-        self.policy = policy
         self._setup_model_interface()
 
         self._lock = threading.Lock()

@@ -230,7 +230,8 @@ def _report(args, node, counted, window, rss_start, rss_end, published) -> dict:
         sent = int(published[key])
         messages[key] = {"published": sent, "received": got, "dropped": max(0, sent - got),
                          "dropped_pct": 100.0 * max(0, sent - got) / sent if sent else 0.0}
-    w = np.asarray(window, dtype=np.float64)
+    from gato_ros.evaluation import percentiles
+
     return {
         "model": node.model_path,
         "provider": node.provider,
@@ -240,9 +241,7 @@ def _report(args, node, counted, window, rss_start, rss_end, published) -> dict:
         "image_size": [args.width, args.height],
         "memory_mb": {"rss_start": rss_start, "rss_end": rss_end,
                       "growth_pct": 100.0 * (rss_end - rss_start) / rss_start},
-        "tick_ms": {"p50": float(np.percentile(w, 50)) if w.size else None,
-                    "p99": float(np.percentile(w, 99)) if w.size else None,
-                    "max": float(w.max()) if w.size else None, "samples": int(w.size)},
+        "tick_ms": percentiles(window) | {"samples": len(window)},
         "ticks": ticks,
         "deadline_misses": {"count": misses, "pct": 100.0 * misses / ticks if ticks else 0.0},
         "messages": messages,
