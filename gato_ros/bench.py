@@ -228,11 +228,13 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
     K = cfg.window_steps
     obs = random_episode(cfg, K, 0)
     steps = ctx.tok.tokenize_steps(obs, np.zeros((K, cfg.spec.action_size)), cfg.spec)
-    full = {k: torch.from_numpy(v)[None] for k, v in ctx.build(ctx.text_ids("pick up the red cube and put it in "
-                                                                             "the bin"), steps, 100).items()}
+    text = "pick up the red cube and put it in the bin"
+    full = {k: torch.from_numpy(v)[None] for k, v in ctx.build(ctx.text_ids(text), steps, 100,
+                                                                text_feat=ctx.text_features(text)).items()}
     n_valid = int(full["valid"].sum())
     keep = full["valid"][0]
-    full = {k: (v[0] if k == "patches" else v[:, keep]) for k, v in full.items()}
+    per_context = ("patches", "text_feat")
+    full = {k: (v[0] if k == "patches" else v if k in per_context else v[:, keep]) for k, v in full.items()}
     last = n_valid - cfg.spec.action_size  # position of the separator of the newest step
     times = []
     with torch.inference_mode():
@@ -241,7 +243,8 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
             for j in range(cfg.spec.action_size):
                 upto = last + j + 1
                 n_img = int(full["is_image"][:, :upto].sum())
-                h = model.hidden({k: (v[:n_img] if k == "patches" else v[:, :upto]) for k, v in full.items()})
+                h = model.hidden({k: (v[:n_img] if k == "patches" else v if k in per_context else v[:, :upto])
+                                  for k, v in full.items()})
                 model.head(h[:, -1]).argmax(-1)
             if i:
                 times.append(time.perf_counter() - t0)

@@ -17,7 +17,8 @@ outputs), `provenance`, `export_check`, `eval`.
 
 Graph interface (H heads, Dh head dim, P prefix slots, R ring slots, L layers; see `gato_ros.model.model`):
 inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `local_pos`, `row_bin`, `col_bin`,
-`prefix_pos` (T,) int64, `rope_cos`, `rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask`
+`prefix_pos` (T,) int64, only when `model.instruction_features` > 0 `text_feat` (F,) f32
+(`gato_ros.sequence.instruction_features`, for the instruction-conditioned patch embedding), `rope_cos`, `rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask`
 (T, P+R+T) f32 additive over [prefix slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P)
 unrotated, `ring_k_l` (H, Dh, R) rotated, `value_l` (H, P+R, Dh); outputs `logits` (min(T, A), num_bins) of the last
 A = action_size tokens, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes action `tokens` (T,), the rope tables, the mask
@@ -39,8 +40,6 @@ FORMAT = "gato_ros.bundle/1"
 CONFIG_FILE = "gato.json"
 GRAPHS = ("prefill", "decode")
 
-EMBED_INPUTS = ("tokens", "patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")
-STEP_INPUTS = ("rope_cos", "rope_sin", "mask_prefix", "mask_ring", "mask_new")
 OUTPUTS = ("logits", "new_k", "new_v")
 
 
@@ -58,6 +57,8 @@ def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
         out += [("tokens", "int64", (T,)), ("patches", "float32", (T, cfg.patch_dim)), ("is_image", "bool", (T,)),
                 ("local_pos", "int64", (T,)), ("row_bin", "int64", (T,)), ("col_bin", "int64", (T,)),
                 ("prefix_pos", "int64", (T,))]
+        if cfg.instruction_features:
+            out += [("text_feat", "float32", (cfg.instruction_features,))]
     else:
         out += [("tokens", "int64", (T,))]
     out += [("rope_cos", "float32", (T, Dh)), ("rope_sin", "float32", (T, Dh)),

@@ -87,12 +87,17 @@ def write_model_card(run: str | Path, bundle: str | Path, notes: str = "") -> Pa
 
     cfg = train["config"]
     tc = train["train_config"]
+    film = ""
+    if cfg.get("instruction_features"):
+        film = (f" The patch embedding is conditioned on the instruction (FiLM over {cfg['instruction_features']} "
+                f"hashed word uni- and bigrams; `gato_ros.sequence.instruction_features`).")
     card = f"""# {bundle.name}
 
 A Gato-style decoder-only transformer that drives the sim's UR5e-like arm from the camera image, the joint states
 and a text instruction (tasks `reach` and `pick_place`). Preset `{cfg['name']}`: {cfg['n_layers']} layers, width
 {cfg['d_model']}, {cfg['n_heads']} heads, FF {cfg['d_ff']}, a window of {cfg['window_steps']} timesteps plus a
-pinned instruction prefix; actions are `{cfg['action_mode']}` joint targets in 1024 uniform bins. Graphs:
+pinned instruction prefix; actions are `{cfg['action_mode']}` joint targets in 1024 uniform bins.{film}
+Graphs:
 `prefill.onnx`, `decode.onnx` (fixed-size KV cache); `model.pt` for fine-tuning (`gato-ros train --init`).
 
 ## Data and recipe
@@ -107,7 +112,7 @@ appear below).
 
 - data: {', '.join(train.get('data', []))}; episodes: {train.get('episodes')}
 - git commit of the training code: `{train.get('git_commit')}`
-- wall-clock on the 2-core development machine (shared with other jobs while this ran): {json.dumps(timing)}
+- wall-clock on the 2-core development machine (its load while this ran: see the notes below): {json.dumps(timing)}
 
 ![training loss](loss.png)
 

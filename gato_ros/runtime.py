@@ -144,6 +144,8 @@ class RuntimePolicy:
         # Episode-token calls: inputs and outputs preallocated and bound once per call shape (created on first
         # use; a tick uses a handful of shapes), so a call only rewrites a few small arrays in place.
         self._sets: dict[tuple, _CallSet] = {}
+        # Instruction features of the instruction-conditioned patch embedding (bound once; rewritten in place).
+        self._text_feat = np.zeros(cfg.instruction_features, np.float32)
         self.instruction = ""
         self._prompt: TimestepTokens | None = None
         self.trace: list[np.ndarray] | None = None  # when a list, every sampled action's logits are appended
@@ -184,6 +186,7 @@ class RuntimePolicy:
         if not isinstance(text, str):
             raise ValueError(f"instruction: expected str, got {type(text).__name__}")
         self.instruction = text
+        self._text_feat[:] = self.ctx.text_features(text)
         self.reset()
 
     def set_prompt(self, observations: Mapping[str, np.ndarray] | None, actions: np.ndarray | None = None) -> None:
@@ -368,7 +371,8 @@ class RuntimePolicy:
         empty = self.tok.tokenize_steps(
             {k: np.zeros((0, *s), np.uint8 if k == "image" else np.float64) for k, s in self._obs_shapes().items()},
             np.zeros((0, cfg.spec.action_size)), cfg.spec)
-        ctx = self.ctx.build(self.ctx.text_ids(self.instruction), empty, 0, self._prompt, n_steps=0)
+        ctx = self.ctx.build(self.ctx.text_ids(self.instruction), empty, 0, self._prompt, n_steps=0,
+                             text_feat=self._text_feat)
         n = int(ctx["valid"].sum())  # prefix tokens are contiguous from slot 0
         self._prefix_mask.fill(NEG_INF)
         self.prefix_k.fill(0.0)
@@ -376,6 +380,8 @@ class RuntimePolicy:
         feeds = {name: np.ascontiguousarray(ctx[name][:n]) for name in
                  ("tokens", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")}
         feeds["patches"] = np.ascontiguousarray(self.ctx.dense_patches(ctx)[:n])
+        if cfg.instruction_features:
+            feeds["text_feat"] = self._text_feat
         feeds["rope_cos"], feeds["rope_sin"] = rope_full(ctx["rope_cos"][:n], ctx["rope_sin"][:n])
         mask = np.full((n, self._C + n), NEG_INF, np.float32)  # nothing cached yet: causal among the prefix
         mask[:, self._C:] = np.triu(np.full((n, n), NEG_INF, np.float32), 1)
@@ -448,6 +454,8 @@ class _CallSet:
                 "col_bin": ctx.eval_col_bin[offsets].copy(),
                 "prefix_pos": np.full(T, ctx.prefix_pad, np.int64),
             })
+            if cfg.instruction_features:
+                io["text_feat"] = policy._text_feat  # the policy's array: set_instruction rewrites it in place
         io.update({"rope_cos": np.zeros((T, Dh), np.float32), "rope_sin": np.zeros((T, Dh), np.float32),
                    "mask": mask})
         self.io = io

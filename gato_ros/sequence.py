@@ -39,6 +39,8 @@ joint position instead of the model's coarse mu-law view of it (about 0.02 rad p
 """
 from __future__ import annotations
 
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -137,6 +139,24 @@ def patch_position_bins(rows: np.ndarray, cols: np.ndarray, grid: tuple[int, int
     return one(np.asarray(rows), grid[0]), one(np.asarray(cols), grid[1])
 
 
+# ---------------------------------------------------------------------------------------------- instruction
+def instruction_features(text: str, n: int) -> np.ndarray:
+    """(n,) float32 bag of hashed word unigrams and bigrams of `text` (1.0 where a hash lands), the input of the
+    instruction-conditioned patch embedding (`GatoConfig.instruction_features`).
+
+    Bigrams keep the roles that a bag of words loses ("yellow cube ... red bowl" vs "red cube ... yellow bowl").
+    Hashing (CRC-32, stable across processes and machines) needs no vocabulary, so fine-tuning on new words works
+    with the same input size; words are lower-cased runs of letters and digits."""
+    out = np.zeros(n, np.float32)
+    if n <= 0:
+        return out
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    keys = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in zip(words, words[1:])]
+    for k in keys:
+        out[zlib.crc32(k.encode()) % n] = 1.0
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- sequences
 class ContextBuilder:
     """Builds the per-position model inputs of a context (see the module docstring) for one config."""
@@ -179,6 +199,10 @@ class ContextBuilder:
     def text_ids(self, instruction: str) -> np.ndarray:
         return self.tok.encode_text(instruction, max_tokens=self.cfg.max_text_tokens)
 
+    def text_features(self, instruction: str) -> np.ndarray:
+        """(instruction_features,) input of the instruction-conditioned patch embedding (empty when off)."""
+        return instruction_features(instruction, self.cfg.instruction_features)
+
     def empty(self, n_steps: int) -> dict[str, np.ndarray]:
         """Arrays for a context of P prefix slots and `n_steps` timesteps, all padding."""
         L = self.P + n_steps * self.S
@@ -197,6 +221,7 @@ class ContextBuilder:
             "step": np.full(L, -1, np.int64),
             "valid": np.zeros(L, bool),
             "target": np.full(L, IGNORE, np.int64),
+            "text_feat": np.zeros(self.cfg.instruction_features, np.float32),  # per context, not per position
         }
 
     def _put_steps(self, out: dict, start: int, steps: TimestepTokens, first_step: int, prefix: bool,
@@ -231,15 +256,21 @@ class ContextBuilder:
 
     def build(self, instruction_ids: np.ndarray, steps: TimestepTokens, first_step: int = 0,
               prompt: TimestepTokens | None = None, n_steps: int | None = None,
-              rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+              rng: np.random.Generator | None = None, text_feat: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One context: prefix (instruction ids, optional prompt timesteps) + the episode timesteps `steps`,
         which are consecutive and start at absolute step `first_step` of their episode.
 
         `n_steps` pads the episode region to a fixed number of timesteps for batching; `rng` draws training-time
-        patch position bins (None: inference bins).
+        patch position bins (None: inference bins). `text_feat`: `text_features(instruction)`, required when the
+        model conditions its patch embedding on the instruction.
         """
         n = steps.tokens.shape[0]
         out = self.empty(n_steps if n_steps is not None else n)
+        if self.cfg.instruction_features:
+            if text_feat is None:
+                raise ValueError("this model conditions its patch embedding on the instruction: pass "
+                                 "text_feat=ContextBuilder.text_features(instruction)")
+            out["text_feat"] = np.asarray(text_feat, np.float32).reshape(self.cfg.instruction_features)
         n_text = len(instruction_ids)
         if n_text > self.cfg.max_text_tokens:
             raise ValueError(f"instruction: {n_text} tokens, the model takes at most {self.cfg.max_text_tokens}")

@@ -156,3 +156,61 @@ def test_loss_only_on_action_targets():
     assert (b["target"] >= 0).sum() == 2 * cfg.window_steps * cfg.spec.action_size
     loss, n = model.loss({k: torch.from_numpy(v) for k, v in b.items()})
     assert int(n) == 2 * cfg.window_steps * 7 and 5.0 < loss.item() < 9.0  # ~ln(1024) at init
+
+
+def test_instruction_features_hash_words_and_roles():
+    from gato_ros.sequence import instruction_features
+
+    a = instruction_features("put the yellow cube in the red bowl", 256)
+    assert a.dtype == np.float32 and a.shape == (256,) and set(np.unique(a)) == {0.0, 1.0}
+    np.testing.assert_array_equal(a, instruction_features("Put the YELLOW cube, in the red bowl.", 256))
+    swapped = instruction_features("put the red cube in the yellow bowl", 256)  # same words, other roles
+    assert not np.array_equal(a, swapped)
+    assert not np.array_equal(instruction_features("reach the red cube", 256),
+                              instruction_features("reach the blue cube", 256))
+    assert instruction_features("anything", 0).shape == (0,)
+
+
+def _film_model():
+    torch.manual_seed(0)
+    eps = synthetic_episodes(4, 8)
+    cfg = preset("gato-tiny", spec=check_episodes(eps), instruction_features=64)
+    return cfg, GatoModel(cfg).eval(), eps
+
+
+def test_instruction_film_starts_as_identity_then_conditions_the_patches():
+    cfg, model, eps = _film_model()
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode))
+    b = {k: torch.from_numpy(v) for k, v in data.batch(np.random.default_rng(0), 3).items()}
+    assert b["text_feat"].shape == (3, 64) and bool(b["text_feat"].any())
+    other = dict(b, text_feat=torch.roll(b["text_feat"], 5, dims=-1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(b), model(other), rtol=0, atol=0)  # zero-initialised FiLM: no effect
+        model.embed.patch.film.weight.normal_(0.0, 0.5)
+        assert (model(b) - model(other)).abs().max() > 1e-3  # the instruction now reaches every patch
+    loss, _ = model.loss(b)  # and the batch path trains through it
+    loss.backward()
+    assert model.embed.patch.film.weight.grad.abs().sum() > 0
+
+
+def test_film_model_needs_instruction_features_in_contexts():
+    cfg, _, eps = _film_model()
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode))
+    with pytest.raises(ValueError, match="text_feat"):
+        data.builder.build(data.builder.text_ids("x"), data.tokens(0, 0, 2), 0)
+
+
+def test_prompts_are_drawn_per_batch_so_unprompted_batches_drop_the_prompt_slots():
+    cfg, model = _tiny()
+    eps = synthetic_episodes(4, 8)
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode), prompt_prob=0.5)
+    rng = np.random.default_rng(1)
+    kinds = set()
+    for _ in range(12):
+        b = data.batch(rng, 4)
+        prompted = b["is_prefix"].sum(1) > b["is_prefix"][:, :cfg.max_text_tokens].sum(1)  # prefix beyond the text
+        assert prompted.all() or not prompted.any()
+        kinds.add(bool(prompted[0]))
+        if not prompted[0]:
+            assert b["tokens"].shape[1] < cfg.context_tokens  # padding-only prompt slots compacted away
+    assert kinds == {True, False}

@@ -12,6 +12,9 @@ Presets:
 `gato-79m` keeps the paper's 32000-token text vocabulary: its 24.6M embedding rows plus 8 x 12 x 768^2 = 56.6M
 block weights are the paper's 79M parameters. The byte-level presets use the 259-token byte vocabulary.
 
+`gato-arm` also conditions its patch embedding on the instruction (`instruction_features`, FiLM): without it the
+CPU-trained model learned the motions but not which object the colour word names (see the model card).
+
 The context the model attends to at every token is the *pinned prefix* (instruction bytes, optionally a Gato
 prompt of `prompt_steps` timesteps) plus the last `window_steps` timesteps; see `gato_ros.sequence` for why this
 sliding window makes the deployed KV-cache ring buffer compute exactly what training computes.
@@ -46,6 +49,10 @@ class GatoConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     action_mode: str = "delta"  # "delta": targets minus current joint_pos; "absolute": the targets themselves
+    # Instruction-conditioned patch embedding (FiLM, Perez et al. 2018, as RT-1 conditions its image tokenizer on the
+    # instruction): hashed word uni-/bigrams of the instruction scale and shift every patch's features, so the
+    # patches of the object named in the instruction stand out before the transformer sees them. 0 disables it.
+    instruction_features: int = 0
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(text_vocab_size=BYTE_TEXT_VOCAB))
     spec: TimestepSpec = field(default_factory=TimestepSpec)
 
@@ -67,6 +74,8 @@ class GatoConfig:
             raise ValueError(f"GatoConfig.max_text_tokens={self.max_text_tokens}: need room for BOS and EOS")
         if self.prompt_steps < 0:
             raise ValueError(f"GatoConfig.prompt_steps={self.prompt_steps}: must be >= 0")
+        if self.instruction_features < 0:
+            raise ValueError(f"GatoConfig.instruction_features={self.instruction_features}: must be >= 0 (0 = off)")
         if self.action_mode not in ACTION_MODES:
             raise ValueError(f"GatoConfig.action_mode={self.action_mode!r}: choose one of {ACTION_MODES}")
         if self.patch_channels % self.patch_groups:
@@ -157,7 +166,8 @@ PRESETS: dict[str, GatoConfig] = {
     "gato-small": GatoConfig(name="gato-small"),
     # The shipped arm model: a quarter of gato-small's block FLOPs so that ~3x more demonstrations fit into the
     # 2-core CPU training budget (the colour grounding needs a few hundred thousand samples; see the model card).
-    "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4),
+    "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4,
+                           instruction_features=256),
     "gato-79m": GatoConfig(
         name="gato-79m", n_layers=8, d_model=768, n_heads=24, d_ff=3072, window_steps=16, max_text_tokens=64,
         prompt_steps=2, patch_channels=64, patch_groups=16, tokenizer=TokenizerConfig(),

@@ -91,6 +91,7 @@ class EpisodeSequences:
             if getattr(ep, "success", False):
                 self.success_by_task.setdefault(ep.task, []).append(i)
         self._text = [self.builder.text_ids(ep.instruction) for ep in episodes]
+        self._text_feat = [self.builder.text_features(ep.instruction) for ep in episodes]
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -102,14 +103,17 @@ class EpisodeSequences:
         act = self.norm.normalize(np.asarray(ep.actions[start:start + n]), obs["joint_pos"])
         return self.tok.tokenize_steps(obs, act, self.cfg.spec)
 
-    def draw(self, rng: np.random.Generator) -> Sample:
-        """Episode weighted by its number of windows, a uniform window start, and maybe a prompt."""
+    def draw(self, rng: np.random.Generator, prompt: bool | None = None) -> Sample:
+        """Episode weighted by its number of windows, a uniform window start, and a prompt if `prompt` (None:
+        with probability `prompt_prob`)."""
         N = self.cfg.window_steps
         weights = np.maximum(self.lengths - N + 1, 1).astype(np.float64)
         i = int(rng.choice(len(self.episodes), p=weights / weights.sum()))
         start = int(rng.integers(0, max(self.lengths[i] - N, 0) + 1))
         pe, ps = None, 0
-        if self.prompt_prob and rng.random() < self.prompt_prob:
+        if prompt is None:
+            prompt = bool(self.prompt_prob) and rng.random() < self.prompt_prob
+        if prompt and self.cfg.prompt_steps > 0:
             task = self.episodes[i].task
             others = [j for j in self.by_task[task] if j != i] or [i]
             k = self.cfg.prompt_steps
@@ -128,17 +132,23 @@ class EpisodeSequences:
         prompt = None
         if s.prompt_episode is not None:
             prompt = self.tokens(s.prompt_episode, s.prompt_start, self.cfg.prompt_steps)
-        return self.builder.build(self._text[s.episode], steps, s.start, prompt, n_steps=N, rng=rng)
+        return self.builder.build(self._text[s.episode], steps, s.start, prompt, n_steps=N, rng=rng,
+                                  text_feat=self._text_feat[s.episode])
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        """`batch_size` random contexts stacked: each array gets a leading batch axis."""
-        return collate([self.context(self.draw(rng), rng) for _ in range(batch_size)])
+        """`batch_size` random contexts stacked: each array gets a leading batch axis.
+
+        A batch carries prompts in all its contexts (probability `prompt_prob`) or in none: the same share of
+        prompted contexts as drawing per context, but three batches in four then have no prompt slots at all, which
+        `compact` drops (a third fewer tokens per step for gato-arm)."""
+        prompt = bool(self.prompt_prob) and rng.random() < self.prompt_prob
+        return collate([self.context(self.draw(rng, prompt), rng) for _ in range(batch_size)])
 
     def fixed_batches(self, seed: int, n_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
         """Deterministic batches with inference-time patch bins (validation)."""
         rng = np.random.default_rng(seed)
         out = []
-        for _ in range(n_batches):
+        for _ in range(n_batches):  # per-context prompts: every validation batch mixes both kinds
             out.append(collate([self.context(self.draw(rng), None) for _ in range(batch_size)]))
         return out
 
@@ -157,7 +167,8 @@ def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep = batch["valid"].any(axis=0)
     if keep.all():
         return batch
-    return {k: (v if k == "patches" else v[:, keep]) for k, v in batch.items()}  # image positions are all valid
+    per_context = ("patches", "text_feat")  # image positions are all valid; text features have no position axis
+    return {k: (v if k in per_context else v[:, keep]) for k, v in batch.items()}
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

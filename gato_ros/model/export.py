@@ -197,7 +197,7 @@ def torch_action_logits(model: GatoModel, instruction: str, obs: dict[str, np.nd
     steps = action_tokens.shape[0]
     st = ctx.tok.tokenize_steps(obs, None, cfg.spec)
     st.tokens[:, ctx.obs_len:] = action_tokens
-    batch = ctx.build(ctx.text_ids(instruction), st, 0, prompt)
+    batch = ctx.build(ctx.text_ids(instruction), st, 0, prompt, text_feat=ctx.text_features(instruction))
     with torch.no_grad():
         logits = model({k: torch.from_numpy(v)[None] for k, v in batch.items()})[0].numpy()
     base = ctx.P + np.arange(steps)[:, None] * ctx.S + ctx.obs_len - 1 + np.arange(cfg.spec.action_size)

@@ -33,7 +33,11 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 class PatchEmbedding(nn.Module):
     """A ResNet-v2 (pre-activation, GroupNorm + GELU) block over each image patch, then a linear map to the model
-    width plus learned row/column interval encodings (Gato Sec. 2.2 and App. C.2)."""
+    width plus learned row/column interval encodings (Gato Sec. 2.2 and App. C.2).
+
+    With `cfg.instruction_features` > 0 the block's output features are FiLM-modulated by the instruction
+    (`x * (1 + gamma) + beta`, gamma and beta linear in `gato_ros.sequence.instruction_features`; zero-initialised,
+    so training starts from the unconditioned embedding)."""
 
     def __init__(self, cfg: GatoConfig):
         super().__init__()
@@ -45,19 +49,31 @@ class PatchEmbedding(nn.Module):
         self.conv1 = nn.Conv2d(c, c, 3, padding=1)
         self.norm2 = nn.GroupNorm(cfg.patch_groups, c)
         self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-        self.proj = nn.Linear(c * (p // s) ** 2, cfg.d_model)
+        self.features = c * (p // s) ** 2
+        self.proj = nn.Linear(self.features, cfg.d_model)
         self.row = nn.Embedding(cfg.pos_bins, cfg.d_model)
         self.col = nn.Embedding(cfg.pos_bins, cfg.d_model)
+        self.film = nn.Linear(cfg.instruction_features, 2 * self.features) if cfg.instruction_features else None
 
-    def forward(self, patches: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        # patches (N, p*p*C) in the tokenizer's (y, x, channel) order -> (N, C, p, p)
+    def zero_film(self) -> None:
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+
+    def forward(self, patches: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                film: torch.Tensor | None = None) -> torch.Tensor:
+        """patches (N, p*p*C) in the tokenizer's (y, x, channel) order; film (N or 1, 2 * features): `self.film`
+        of the instruction features (None without conditioning)."""
         n = patches.shape[0]
         x = patches.reshape(n, self.patch_size, self.patch_size, self.in_ch).permute(0, 3, 1, 2)
         x = self.stem(x)  # (N, c, 4, 4)
         h = self.conv1(F.gelu(self.norm1(x)))
         h = self.conv2(F.gelu(self.norm2(h)))
-        x = x + h
-        return self.proj(x.flatten(1)) + self.row(row) + self.col(col)  # (N, d)
+        x = (x + h).flatten(1)  # (N, features)
+        if film is not None:
+            gamma, beta = film.chunk(2, dim=-1)
+            x = x * (1.0 + gamma) + beta
+        return self.proj(x) + self.row(row) + self.col(col)  # (N, d)
 
 
 class GatoEmbedding(nn.Module):
@@ -71,18 +87,28 @@ class GatoEmbedding(nn.Module):
         self.prefix = nn.Embedding(cfg.prefix_slots + 1, cfg.d_model, padding_idx=cfg.prefix_slots)
         self.patch = PatchEmbedding(cfg)
 
-    def forward(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos) -> torch.Tensor:
+    def forward(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos,
+                text_feat=None) -> torch.Tensor:
         """All inputs (..., T) except patches: (n_img, p*p*C) (any leading axes), the pixels of the image
-        positions in row-major order of `is_image` -- compact, as `gato_ros.sequence.ContextBuilder` builds them."""
+        positions in row-major order of `is_image` -- compact, as `gato_ros.sequence.ContextBuilder` builds them;
+        and text_feat (..., F), one row per context (used when the config conditions patches on the instruction)."""
         x = self.token(tokens)  # (..., T, d)
         if bool(is_image.any()):
-            img = self.patch(patches.reshape(-1, patches.shape[-1]), row_bin[is_image], col_bin[is_image])
+            film = None
+            if self.patch.film is not None:
+                per_ctx = self.patch.film(text_feat.reshape(-1, text_feat.shape[-1]))  # (contexts, 2 * features)
+                ctx_of_patch = is_image.reshape(-1, is_image.shape[-1]).nonzero()[:, 0]  # row-major, like patches
+                film = per_ctx[ctx_of_patch]
+            img = self.patch(patches.reshape(-1, patches.shape[-1]), row_bin[is_image], col_bin[is_image], film)
             x = x.masked_scatter(is_image.unsqueeze(-1), img.to(x.dtype))
         return x + self.local(local_pos) + self.prefix(prefix_pos)
 
-    def forward_dense(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos) -> torch.Tensor:
-        """Export form of `forward` (T,): embeds every position's patch and selects, so shapes stay static."""
-        img = self.patch(patches, row_bin, col_bin)  # (T, d)
+    def forward_dense(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos,
+                      text_feat=None) -> torch.Tensor:
+        """Export form of `forward` (T,): embeds every position's patch and selects, so shapes stay static;
+        text_feat (F,)."""
+        film = self.patch.film(text_feat[None]) if self.patch.film is not None else None  # (1, 2 * features)
+        img = self.patch(patches, row_bin, col_bin, film)  # (T, d)
         x = torch.where(is_image.unsqueeze(-1), img, self.token(tokens))
         return x + self.local(local_pos) + self.prefix(prefix_pos)
 
@@ -189,6 +215,7 @@ class GatoModel(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * layers)
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
+        self.embed.patch.zero_film()
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -204,7 +231,7 @@ class GatoModel(nn.Module):
     def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Final hidden states (B, T, d) of whole contexts built by `gato_ros.sequence.ContextBuilder`."""
         x = self.embed(batch["tokens"], batch["patches"], batch["is_image"], batch["local_pos"], batch["row_bin"],
-                       batch["col_bin"], batch["prefix_pos"])
+                       batch["col_bin"], batch["prefix_pos"], batch.get("text_feat"))
         x = self.drop(x)
         mask = context_mask(batch["valid"], batch["is_prefix"], batch["step"], self.cfg.window_steps)
         for blk in self.blocks:
@@ -240,14 +267,18 @@ class GatoModel(nn.Module):
             return loss, n, (logits.argmax(-1) - tgt).abs().sum()
         return loss, n
 
-    def forward_cached(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, rope_cos, rope_sin,
-                       mask, *cache):
-        """One incremental call (T new tokens, batch 1), the exported prefill. `rope_cos`/`rope_sin` (T, Dh) are
-        full-width tables, `mask` (T, P+R+T); `cache` is, per layer, (prefix keys, ring keys, values).
+    def forward_cached(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, *rest):
+        """One incremental call (T new tokens, batch 1), the exported prefill. `rest` is, in the order of
+        `gato_ros.bundle.graph_inputs`: text_feat (F,) (only with instruction features), rope_cos/rope_sin (T, Dh)
+        full-width tables, mask (T, P+R+T), then per layer the cache (prefix keys, ring keys, values).
 
         Returns logits (min(T, A), num_bins) of the last A = action_size new tokens (the separator and the action
         tokens of a tick, for parallel decoding) and the new keys/values, each (L, H, T, Dh)."""
-        x = self.embed.forward_dense(tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos)
+        text_feat = None
+        if self.cfg.instruction_features:
+            text_feat, rest = rest[0], rest[1:]
+        rope_cos, rope_sin, mask, *cache = rest
+        x = self.embed.forward_dense(tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, text_feat)
         return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
     def decode_cached(self, tokens, rope_cos, rope_sin, mask, *cache):
