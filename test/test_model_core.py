@@ -214,3 +214,19 @@ def test_prompts_are_drawn_per_batch_so_unprompted_batches_drop_the_prompt_slots
         if not prompted[0]:
             assert b["tokens"].shape[1] < cfg.context_tokens  # padding-only prompt slots compacted away
     assert kinds == {True, False}
+
+
+def test_start_prob_draws_windows_at_the_episode_start():
+    cfg, _ = _tiny()
+    eps = synthetic_episodes(4, 12)
+    norm = fit_normalizer(eps, cfg.action_mode)
+    rng = np.random.default_rng(3)
+    always = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0, start_prob=1.0)
+    assert {always.draw(rng).start for _ in range(50)} == {0}
+    uniform = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0)
+    starts = [uniform.draw(rng).start for _ in range(400)]
+    assert 0 < starts.count(0) < 100 and max(starts) == 12 - cfg.window_steps  # 1 in 9 starts by chance
+    half = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0, start_prob=0.5)
+    assert 150 < [half.draw(rng).start for _ in range(400)].count(0) < 300
+    with pytest.raises(ValueError, match="start_prob"):
+        EpisodeSequences(eps, cfg, norm, start_prob=1.5)

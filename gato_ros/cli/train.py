@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip)
     parser.add_argument("--prompt-prob", type=float, default=d.prompt_prob,
                         help="share of contexts with a Gato prompt prefix (default %(default)s)")
+    parser.add_argument("--start-prob", type=float, default=d.start_prob,
+                        help="share of contexts whose window starts at the episode's first step, where the action "
+                        "must come from the image and the instruction (default %(default)s)")
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, data=list(args.data), config=args.config, init=args.init, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, max(1, args.steps // 5)),
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
-        label_sigma=args.label_sigma,
+        start_prob=args.start_prob, label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
         threads=args.threads, resume=args.resume, progress=not args.no_progress,
     )
