@@ -230,3 +230,26 @@ def test_start_prob_draws_windows_at_the_episode_start():
     assert 150 < [half.draw(rng).start for _ in range(400)].count(0) < 300
     with pytest.raises(ValueError, match="start_prob"):
         EpisodeSequences(eps, cfg, norm, start_prob=1.5)
+
+
+def test_grounding_report_scores_true_against_swapped_instruction_and_image():
+    from gato_ros.model.grounding import grounding_report, swap_colour
+
+    assert swap_colour("reach the red cube") == "reach the green cube"
+    assert swap_colour("put the yellow cube in the red bowl", 2) == "put the green cube in the red bowl"
+    assert swap_colour("point at it") is None
+    torch.manual_seed(2)
+    eps = synthetic_episodes(6, 8)  # "reach red goal" / "reach blue goal", the goal drawn in the image
+    cfg = preset("gato-tiny", spec=check_episodes(eps), instruction_features=32)
+    model = GatoModel(cfg).eval()
+    with torch.no_grad():
+        model.embed.patch.film.weight.normal_(0.0, 1.0)
+    rep = grounding_report(model, fit_normalizer(eps, cfg.action_mode), eps, start=0)
+    assert rep["episodes"] == 6 and rep["episodes_with_colour_word"] == 6
+    for name in ("true", "other_colour", "other_image"):
+        assert len(rep[name]["first_step_bin_error_per_joint"]) == 7 and np.isfinite(rep[name]["label_logprob"])
+    # an untrained model is not grounded, but it does read both inputs: the scores move
+    assert rep["other_colour"]["label_logprob"] != rep["true"]["label_logprob"]
+    assert rep["other_image"]["label_logprob"] != rep["true"]["label_logprob"]
+    with pytest.raises(ValueError, match="at least 2 episodes"):
+        grounding_report(model, fit_normalizer(eps, cfg.action_mode), eps, start=7)

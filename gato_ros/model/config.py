@@ -12,8 +12,9 @@ Presets:
 `gato-79m` keeps the paper's 32000-token text vocabulary: its 24.6M embedding rows plus 8 x 12 x 768^2 = 56.6M
 block weights are the paper's 79M parameters. The byte-level presets use the 259-token byte vocabulary.
 
-`gato-arm` also conditions its patch embedding on the instruction (`instruction_features`, FiLM): without it the
-CPU-trained model learned the motions but not which object the colour word names (see the model card).
+`gato-arm-film` also conditions its patch embedding on the instruction (`instruction_features`, FiLM), and
+`gato-arm-film-norm` normalises the patch embeddings too: two attempts at the colour grounding that the shipped
+`gato-arm` bundle lacks; neither is shipped (see the model card for what they measured).
 
 The context the model attends to at every token is the *pinned prefix* (instruction bytes, optionally a Gato
 prompt of `prompt_steps` timesteps) plus the last `window_steps` timesteps; see `gato_ros.sequence` for why this
@@ -53,6 +54,10 @@ class GatoConfig:
     # instruction): hashed word uni-/bigrams of the instruction scale and shift every patch's features, so the
     # patches of the object named in the instruction stand out before the transformer sees them. 0 disables it.
     instruction_features: int = 0
+    # LayerNorm on each patch embedding before the row/column encodings are added. Without it the trained patch
+    # embeddings grow to 30-200x the norm of the text and value token embeddings (measured on the gato-arm
+    # bundles), so the image positions' residual stream is nearly fixed by the pixels alone.
+    patch_norm: bool = False
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(text_vocab_size=BYTE_TEXT_VOCAB))
     spec: TimestepSpec = field(default_factory=TimestepSpec)
 
@@ -166,8 +171,13 @@ PRESETS: dict[str, GatoConfig] = {
     "gato-small": GatoConfig(name="gato-small"),
     # The shipped arm model: a quarter of gato-small's block FLOPs so that ~3x more demonstrations fit into the
     # 2-core CPU training budget (the colour grounding needs a few hundred thousand samples; see the model card).
-    "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4,
-                           instruction_features=256),
+    "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4),
+    # Experimental variants of gato-arm (not shipped; results in the model card): instruction-conditioned patches,
+    # and additionally a normalised patch embedding.
+    "gato-arm-film": GatoConfig(name="gato-arm-film", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4,
+                                instruction_features=256),
+    "gato-arm-film-norm": GatoConfig(name="gato-arm-film-norm", n_layers=4, d_model=128, n_heads=4, d_ff=512,
+                                     window_steps=4, instruction_features=256, patch_norm=True),
     "gato-79m": GatoConfig(
         name="gato-79m", n_layers=8, d_model=768, n_heads=24, d_ff=3072, window_steps=16, max_text_tokens=64,
         prompt_steps=2, patch_channels=64, patch_groups=16, tokenizer=TokenizerConfig(),

@@ -54,8 +54,13 @@ class PatchEmbedding(nn.Module):
         self.row = nn.Embedding(cfg.pos_bins, cfg.d_model)
         self.col = nn.Embedding(cfg.pos_bins, cfg.d_model)
         self.film = nn.Linear(cfg.instruction_features, 2 * self.features) if cfg.instruction_features else None
+        self.out_norm = nn.LayerNorm(cfg.d_model) if cfg.patch_norm else None
 
-    def zero_film(self) -> None:
+    def init_conditioning(self) -> None:
+        """FiLM starts as the identity (zero weights); the patch LayerNorm's gain starts at 0.1, so a patch enters
+        the residual stream at about the norm of a trained token embedding (~1) instead of sqrt(d_model)."""
+        if self.out_norm is not None:
+            nn.init.constant_(self.out_norm.weight, 0.1)
         if self.film is not None:
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
@@ -73,7 +78,10 @@ class PatchEmbedding(nn.Module):
         if film is not None:
             gamma, beta = film.chunk(2, dim=-1)
             x = x * (1.0 + gamma) + beta
-        return self.proj(x) + self.row(row) + self.col(col)  # (N, d)
+        x = self.proj(x)  # (N, d)
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        return x + self.row(row) + self.col(col)  # (N, d)
 
 
 class GatoEmbedding(nn.Module):
@@ -215,7 +223,7 @@ class GatoModel(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * layers)
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layers))
-        self.embed.patch.zero_film()
+        self.embed.patch.init_conditioning()
 
     @staticmethod
     def _init(m: nn.Module) -> None:
