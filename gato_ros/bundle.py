@@ -19,9 +19,10 @@ Graph interface (H heads, Dh head dim, P prefix slots, R ring slots, L layers; s
 inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `local_pos`, `row_bin`, `col_bin`,
 `prefix_pos` (T,) int64, only when `model.instruction_features` > 0 `text_feat` (F,) f32
 (`gato_ros.sequence.instruction_features`, for the instruction-conditioned patch embedding), `rope_cos`,
-`rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask` (T, P+R+T) f32 additive over [prefix slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P)
-unrotated, `ring_k_l` (H, Dh, R) rotated, `value_l` (H, P+R, Dh); outputs `logits` (min(T, A), num_bins) of the last
-A = action_size tokens, `new_k`, `new_v` (L, H, T, Dh). `decode.onnx` takes action `tokens` (T,), the rope tables, the mask
+`rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask` (T, P+R+T) f32 additive over [prefix
+slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P) unrotated, `ring_k_l` (H, Dh, R) rotated,
+`value_l` (H, P+R, Dh); outputs `logits` (min(T, A), num_bins) of the last A = action_size tokens, `new_k`, `new_v`
+(L, H, T, Dh). `decode.onnx` takes action `tokens` (T,), the rope tables, the mask
 and the cache (T action tokens: one per call in sequential decoding, several in Jacobi iterations).
 """
 from __future__ import annotations
