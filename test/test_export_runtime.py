@@ -212,10 +212,10 @@ def test_int8_bundle_close_to_fp32(bundle, tmp_path):
 
 
 def test_instruction_conditioned_bundle_matches_torch_and_reads_the_instruction(tmp_path):
-    """A model whose patch embedding is FiLM-conditioned on the instruction (and layer-normalised): the graphs take the
-    instruction features as an input; runtime == torch, and a different instruction changes the actions."""
+    """A patch embedding FiLM-conditioned on the instruction, layer-normalised, with CoordConv channels: the prefill
+    graph takes the instruction features as an input; runtime == torch; another instruction changes the actions."""
     torch.manual_seed(1)
-    cfg = preset("gato-tiny", instruction_features=32, patch_norm=True)
+    cfg = preset("gato-tiny", instruction_features=32, patch_norm=True, patch_coords=True)
     model = GatoModel(cfg)
     with torch.no_grad():
         model.head.weight.mul_(40.0)

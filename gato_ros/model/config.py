@@ -58,6 +58,10 @@ class GatoConfig:
     # embeddings grow to 30-200x the norm of the text and value token embeddings (measured on the gato-arm
     # bundles), so the image positions' residual stream is nearly fixed by the pixels alone.
     patch_norm: bool = False
+    # CoordConv (Liu et al. 2018): two channels with each pixel's image coordinates (in [-1, 1]) join the pixels
+    # before the patch stem, so every patch's features say where in the image its content is; the learned row /
+    # column encodings alone give the transformer only the patch's cell, and they must first be learned.
+    patch_coords: bool = False
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(text_vocab_size=BYTE_TEXT_VOCAB))
     spec: TimestepSpec = field(default_factory=TimestepSpec)
 
@@ -173,11 +177,15 @@ PRESETS: dict[str, GatoConfig] = {
     # 2-core CPU training budget (the colour grounding needs a few hundred thousand samples; see the model card).
     "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4),
     # Experimental variants of gato-arm (not shipped; results in the model card): instruction-conditioned patches,
-    # and additionally a normalised patch embedding.
+    # and additionally a normalised patch embedding with one position embedding per patch row / column (pos_bins =
+    # the 4x4 grid: with Gato's 128 intervals each of the 32 embeddings per row is drawn in 1/32 of the samples).
     "gato-arm-film": GatoConfig(name="gato-arm-film", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4,
                                 instruction_features=256),
     "gato-arm-film-norm": GatoConfig(name="gato-arm-film-norm", n_layers=4, d_model=128, n_heads=4, d_ff=512,
-                                     window_steps=4, instruction_features=256, patch_norm=True),
+                                     window_steps=4, instruction_features=256, patch_norm=True, pos_bins=4),
+    "gato-arm-film-coord": GatoConfig(name="gato-arm-film-coord", n_layers=4, d_model=128, n_heads=4, d_ff=512,
+                                      window_steps=4, instruction_features=256, patch_norm=True, pos_bins=4,
+                                      patch_coords=True),
     "gato-79m": GatoConfig(
         name="gato-79m", n_layers=8, d_model=768, n_heads=24, d_ff=3072, window_steps=16, max_text_tokens=64,
         prompt_steps=2, patch_channels=64, patch_groups=16, tokenizer=TokenizerConfig(),

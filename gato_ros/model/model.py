@@ -44,7 +44,13 @@ class PatchEmbedding(nn.Module):
         p, c, s = cfg.tokenizer.patch_size, cfg.patch_channels, cfg.patch_stem_stride
         self.patch_size = p
         self.in_ch = cfg.patch_dim // (p * p)
-        self.stem = nn.Conv2d(self.in_ch, c, kernel_size=s, stride=s)  # (N, c, p/s, p/s)
+        self.coords = cfg.patch_coords
+        if self.coords:
+            if cfg.spec.image_shape is None:
+                raise ValueError("GatoConfig.patch_coords needs the image shape (spec.image_shape)")
+            self.grid = (cfg.spec.image_shape[0] // p, cfg.spec.image_shape[1] // p)
+            self.pos_bins = cfg.pos_bins
+        self.stem = nn.Conv2d(self.in_ch + 2 * self.coords, c, kernel_size=s, stride=s)  # (N, c, p/s, p/s)
         self.norm1 = nn.GroupNorm(cfg.patch_groups, c)
         self.conv1 = nn.Conv2d(c, c, 3, padding=1)
         self.norm2 = nn.GroupNorm(cfg.patch_groups, c)
@@ -55,6 +61,19 @@ class PatchEmbedding(nn.Module):
         self.col = nn.Embedding(cfg.pos_bins, cfg.d_model)
         self.film = nn.Linear(cfg.instruction_features, 2 * self.features) if cfg.instruction_features else None
         self.out_norm = nn.LayerNorm(cfg.d_model) if cfg.patch_norm else None
+
+    def _coordinates(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """(N, 2, p, p) image coordinates in [-1, 1] (y, x) of every pixel of each patch. The patch's cell comes
+        from its position bin (training draws a random bin inside the cell's span; any bin of the span gives the
+        cell), so the coordinates are exact at training and inference alike."""
+        p = self.patch_size
+        cells = []
+        for bins, n in ((row, self.grid[0]), (col, self.grid[1])):
+            cell = torch.div(bins * n, self.pos_bins, rounding_mode="floor").to(torch.float32)  # (N,)
+            offset = torch.arange(p, dtype=torch.float32, device=bins.device) + 0.5  # (p,)
+            cells.append((cell[:, None] * p + offset[None]) * (2.0 / (n * p)) - 1.0)  # (N, p)
+        y, x = cells
+        return torch.stack((y[:, :, None].expand(-1, p, p), x[:, None, :].expand(-1, p, p)), dim=1)
 
     def init_conditioning(self) -> None:
         """FiLM starts as the identity (zero weights); the patch LayerNorm's gain starts at 0.1, so a patch enters
@@ -71,6 +90,8 @@ class PatchEmbedding(nn.Module):
         of the instruction features (None without conditioning)."""
         n = patches.shape[0]
         x = patches.reshape(n, self.patch_size, self.patch_size, self.in_ch).permute(0, 3, 1, 2)
+        if self.coords:
+            x = torch.cat((x, self._coordinates(row, col)), dim=1)  # (N, C + 2, p, p)
         x = self.stem(x)  # (N, c, 4, 4)
         h = self.conv1(F.gelu(self.norm1(x)))
         h = self.conv2(F.gelu(self.norm2(h)))
