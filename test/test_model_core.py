@@ -253,3 +253,22 @@ def test_grounding_report_scores_true_against_swapped_instruction_and_image():
     assert rep["other_image"]["label_logprob"] != rep["true"]["label_logprob"]
     with pytest.raises(ValueError, match="at least 2 episodes"):
         grounding_report(model, fit_normalizer(eps, cfg.action_mode), eps, start=7)
+
+
+def test_grounding_toy_runs_and_names_one_of_two_squares(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "sim" / "tools" / "grounding_toy.py"
+    spec = importlib.util.spec_from_file_location("grounding_toy", path)
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    eps = toy.toy_episodes(20, 2, np.random.default_rng(0))
+    for ep in eps:  # the first action turns joint 0 towards the named square's side, and only joint 0
+        colour = ep.instruction.split()[2]
+        rgb = np.array(toy.COLOURS[colour], np.uint8)
+        x = int(np.flatnonzero((ep.observations["image"][0, 24] == rgb).all(-1))[0])
+        assert np.sign(ep.actions[0, 0]) == (1.0 if x >= 32 else -1.0) and not ep.actions[0, 1:].any()
+    assert {ep.instruction for ep in eps} == {"reach the red goal", "reach the blue goal"}
+    assert toy.main(["--steps", "2"]) == 0
+    assert "first-step joint-0 error" in capsys.readouterr().out
