@@ -80,7 +80,11 @@ def sim():
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    node = SimNode(context=context, parameter_overrides=[Parameter("seed", value=7), Parameter("task", value="reach")])
+    # A long step budget: with reach's 60 steps (3 s) an episode could end -- and the sim pause -- before a test's
+    # command arrives on a loaded machine (seen once in a full run beside a training job); the episode-end test
+    # sets its own budget.
+    node = SimNode(context=context, parameter_overrides=[Parameter("seed", value=7), Parameter("task", value="reach"),
+                                                         Parameter("max_steps", value=100000)])
     probe = Probe(context)
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     executor.add_node(node)
