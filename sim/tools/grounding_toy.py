@@ -1,6 +1,6 @@
 """The colour-grounding problem in miniature: minutes on a CPU instead of an hour per training run (needs torch).
 
-    python sim/tools/grounding_toy.py [--config gato-tiny] [--steps 800] [--squares 2] [--instruction-features 0]
+    python sim/tools/grounding_toy.py [--steps 800] [--squares 2] [--instruction-features 0] [--window 3]
 
 Synthetic 8-step episodes: `--squares` coloured squares (red, blue) in one row of a dark 64x64 image, the
 instruction "reach the {colour} goal" names one of them, and every action turns joint 0 by 0.05 rad towards the
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--squares", type=int, default=2, choices=(1, 2))
     p.add_argument("--instruction-features", type=int, default=0, help="FiLM input size (0: off)")
     p.add_argument("--start-prob", type=float, default=0.0)
+    p.add_argument("--window", type=int, default=3, help="timesteps in the context (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -83,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     train, held = toy_episodes(400, args.squares, rng), toy_episodes(60, args.squares, rng)
-    overrides = {"instruction_features": args.instruction_features}
-    if args.config == "gato-tiny":
-        overrides["window_steps"] = 3
+    overrides = {"instruction_features": args.instruction_features, "window_steps": args.window}
     cfg = preset(args.config, spec=check_episodes(train), **overrides)
     norm = fit_normalizer(train, cfg.action_mode)
     model = GatoModel(cfg)
