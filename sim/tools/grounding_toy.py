@@ -10,19 +10,21 @@ sigma 4) and scored every 100 steps by `gato_ros.model.grounding` on held-out ep
 error in bins with the true instruction, another colour word, and another episode's image. A model that grounds
 the colour word scores ~0 with the true inputs and ~470 with the others.
 
-Measured on the 2-core development machine (2026-11-29, one torch thread, ~0.1 s per step for one square and
-~0.28 s for two while another job ran, gato-tiny with a window of 3 steps, start_prob 0):
+Measured on the 2-core development machine (2026-11-29; one torch thread, 0.06-0.1 s per step alone, ~0.28 s beside
+another job; gato-tiny with a window of 3 steps; `--steps 3001` or less):
 
-| squares | FiLM features | first-step error: true / other colour / other image |
-|---|---|---|
-| 1 | 0 | step 200 on: 0.0 / 0.0 / 540: learned |
-| 2 | 0 | step 400: 469 / 469 / 469; step 799: 256 / 256 / 455: the colour word not learned |
-| 2 | 32 | steps 400 and 799: 469 / 469 / 469: not learned |
+| squares | FiLM features | start_prob | first-step error: true / other colour / other image |
+|---|---|---|---|
+| 1 | 0 | 0 | step 200 on: 0.0 / 0.0 / 540: learned |
+| 2 | 0 | 0 | step 799: 256 / 256 / 455; step 3000: 256 / 256 / 455: uses the image, never the colour word |
+| 2 | 32 | 0 | steps 400-1500: 469 / 469 / 469; from step 1800: 0.0 / 355 / 441: the colour word clicks at 1500-1800 |
+| 2 | 32 | 0.5 | step 200: 384 / 384 / 469; step 400 on: 0.0 / 398 / 441: clicks at 300-400 |
 
-So the transformer learns "go towards the square" at once, but not "go towards the square the instruction names":
-the same failure as the arm bundles (model card), reproduced in four minutes. The decision is 1 of the 21 action
-targets of a context and costs at most ln 2 nats when guessed, so its share of the loss is small; try changes here
-first.
+So the transformer learns "go towards the square" at once, but "go towards the square the instruction names" only
+with the instruction-conditioned patch embedding, after a long plateau, and about 4x sooner when half the contexts
+start at the decision step (one run each; seeds not varied). The decision is 1 of the 21 action targets of a
+context and costs at most ln 2 nats when guessed, so its share of the loss is small. The arm bundles (model card)
+show the same plateau and never left it within their budgets: try changes here first.
 """
 from __future__ import annotations
 
