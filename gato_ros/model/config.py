@@ -12,9 +12,10 @@ Presets:
 `gato-79m` keeps the paper's 32000-token text vocabulary: its 24.6M embedding rows plus 8 x 12 x 768^2 = 56.6M
 block weights are the paper's 79M parameters. The byte-level presets use the 259-token byte vocabulary.
 
-`gato-arm-film` also conditions its patch embedding on the instruction (`instruction_features`, FiLM), and
-`gato-arm-film-norm` normalises the patch embeddings too: two attempts at the colour grounding that the shipped
-`gato-arm` bundle lacks; neither is shipped (see the model card for what they measured).
+`gato-arm-film` also conditions its patch embedding on the instruction (`instruction_features`, FiLM),
+`gato-arm-film-norm` normalises the patch embeddings too, and `gato-arm-film-coord` adds CoordConv channels: three
+attempts at the colour grounding that the shipped `gato-arm` bundle lacks; none is shipped (the model card says what
+they measured, and `python -m gato_ros.model.grounding` checks a model for it in a minute).
 
 The context the model attends to at every token is the *pinned prefix* (instruction bytes, optionally a Gato
 prompt of `prompt_steps` timesteps) plus the last `window_steps` timesteps; see `gato_ros.sequence` for why this
