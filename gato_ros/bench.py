@@ -220,7 +220,7 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
 
     from gato_ros.model.export import random_episode
     from gato_ros.model.model import GatoModel
-    from gato_ros.sequence import ContextBuilder
+    from gato_ros.sequence import UNPOSITIONED_KEYS, ContextBuilder
 
     torch.manual_seed(0)
     model = GatoModel(cfg).eval()
@@ -233,8 +233,8 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
                                                                 text_feat=ctx.text_features(text)).items()}
     n_valid = int(full["valid"].sum())
     keep = full["valid"][0]
-    per_context = ("patches", "text_feat")
-    full = {k: (v[0] if k == "patches" else v if k in per_context else v[:, keep]) for k, v in full.items()}
+    full = {k: (v[0] if k == "patches" else v if k in UNPOSITIONED_KEYS else v[:, keep])
+            for k, v in full.items()}
     last = n_valid - cfg.spec.action_size  # position of the separator of the newest step
     times = []
     with torch.inference_mode():
@@ -243,8 +243,8 @@ def bench_torch_recompute(cfg, ticks: int) -> dict[str, float]:
             for j in range(cfg.spec.action_size):
                 upto = last + j + 1
                 n_img = int(full["is_image"][:, :upto].sum())
-                h = model.hidden({k: (v[:n_img] if k == "patches" else v if k in per_context else v[:, :upto])
-                                  for k, v in full.items()})
+                h = model.hidden({k: (v[:n_img] if k == "patches" else v if k in UNPOSITIONED_KEYS
+                                      else v[:, :upto]) for k, v in full.items()})
                 model.head(h[:, -1]).argmax(-1)
             if i:
                 times.append(time.perf_counter() - t0)

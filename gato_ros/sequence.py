@@ -158,6 +158,11 @@ def instruction_features(text: str, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- sequences
+# Context arrays without a position axis: the compact image patches (one row per image position) and the
+# per-context instruction features. Slicing or compacting positions leaves them alone.
+UNPOSITIONED_KEYS = ("patches", "text_feat")
+
+
 class ContextBuilder:
     """Builds the per-position model inputs of a context (see the module docstring) for one config."""
 

@@ -81,8 +81,7 @@ def sim():
     context = rclpy.Context()
     rclpy.init(context=context)
     # A long step budget: with reach's 60 steps (3 s) an episode could end -- and the sim pause -- before a test's
-    # command arrives on a loaded machine (seen once in a full run beside a training job); the episode-end test
-    # sets its own budget.
+    # motion is done on a loaded machine; the episode-end test sets its own budget.
     node = SimNode(context=context, parameter_overrides=[Parameter("seed", value=7), Parameter("task", value="reach"),
                                                          Parameter("max_steps", value=100000)])
     probe = Probe(context)
@@ -91,6 +90,10 @@ def sim():
     executor.add_node(probe.node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
+    # DDS drops what is published before the sim's command subscriptions have matched the probe's publishers, and
+    # the tests publish single commands: wait for the match (receiving /joint_states shows only the other direction).
+    assert probe.wait(lambda: probe.array_pub.get_subscription_count() >= 1
+                      and probe.traj_pub.get_subscription_count() >= 1, 10), "the sim never subscribed to commands"
     yield node, probe, context
     executor.shutdown()
     thread.join(timeout=5)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gato_ros.model.config import GatoConfig
-from gato_ros.sequence import ActionNormalizer, ContextBuilder
+from gato_ros.sequence import UNPOSITIONED_KEYS, ActionNormalizer, ContextBuilder
 from gato_ros.tokenizer import GatoTokenizer, TimestepSpec
 
 OBS_KEYS = ("joint_pos", "joint_vel")
@@ -178,8 +178,7 @@ def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep = batch["valid"].any(axis=0)
     if keep.all():
         return batch
-    per_context = ("patches", "text_feat")  # image positions are all valid; text features have no position axis
-    return {k: (v if k in per_context else v[:, keep]) for k, v in batch.items()}
+    return {k: (v if k in UNPOSITIONED_KEYS else v[:, keep]) for k, v in batch.items()}  # images: all valid
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -30,15 +30,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-COLOUR_WORDS = ("red", "green", "blue", "yellow")
-
-
 def swap_colour(instruction: str, k: int = 1) -> str | None:
-    """`instruction` with its first colour word replaced by the k-th next one of COLOUR_WORDS (None: no colour)."""
+    """`instruction` with its first colour word replaced by the k-th next colour of the sim's palette
+    (`gato_ros.sim.tasks.COLOURS`: red, green, blue, yellow); None when it names no colour."""
+    from gato_ros.sim.tasks import COLOURS
+
+    colour_words = tuple(COLOURS)
     words = instruction.split()
     for i, w in enumerate(words):
-        if w in COLOUR_WORDS:
-            words[i] = COLOUR_WORDS[(COLOUR_WORDS.index(w) + k) % len(COLOUR_WORDS)]
+        if w in colour_words:
+            words[i] = colour_words[(colour_words.index(w) + k) % len(colour_words)]
             return " ".join(words)
     return None
 
