@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per process (0: cores / processes, but 1 when that is <= 2: on a shared "
                         "2-core machine two threads are several times slower than one)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that build batches ahead of the training step (GPU training; default 0: the "
+                        "training process builds them)")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="wall-clock budget: stop after this many minutes (or --steps, whichever comes first); "
+                        "the learning-rate schedule follows the budget (default 0: no budget)")
     parser.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the final losses as JSON")
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
         start_prob=args.start_prob, label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-        threads=args.threads, resume=args.resume, progress=not args.no_progress,
+        threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume, progress=not args.no_progress,
     )
     result = train(tc)
     import os

@@ -60,6 +60,8 @@ class TrainConfig:
     seed: int = 0
     action_margin: float = 0.1  # action ranges widened by this share of the data's span per side
     threads: int = 0  # torch intra-op threads per process (0: see `default_threads`)
+    workers: int = 0  # processes building batches ahead of the training step (0: built in the training process)
+    minutes: float = 0.0  # > 0: wall-clock budget; the schedule runs on max(step, time) progress, `steps` caps it
     resume: bool = False  # continue RUN/checkpoint.pt if present
     progress: bool = True
 
@@ -69,6 +71,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must be >= 1")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
             raise ValueError(f"TrainConfig: need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if self.workers < 0 or self.minutes < 0:
+            raise ValueError(f"TrainConfig: workers={self.workers} and minutes={self.minutes} must be >= 0")
         for f in ("prompt_prob", "start_prob"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must lie in [0, 1]")
@@ -101,12 +105,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warm-up to `lr`, then cosine to `lr * min_lr_ratio` at `steps`."""
+def lr_at(step: int, tc: TrainConfig, time_frac: float = 0.0) -> float:
+    """Linear warm-up to `lr`, then cosine to `lr * min_lr_ratio` at `steps` -- or, with a `minutes` budget, at
+    whichever comes first of `steps` and the budget (`time_frac`: share of the budget spent after warm-up)."""
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
-    frac = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    frac = min(1.0, max((step - tc.warmup) / max(1, tc.steps - tc.warmup), time_frac))
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """Endless training batches, built in DataLoader worker processes (GPU training: one process builds ~2500
+    contexts/s, which a GPU consumes faster). Each worker draws from its own generator keyed by (seed, rank,
+    step at start, worker), so a run is reproducible for a given worker count."""
+
+    def __init__(self, data: EpisodeSequences, batch_size: int, key: list[int]):
+        self.data, self.batch_size, self.key = data, batch_size, key
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.key + [info.id if info is not None else 0])
+        while True:
+            yield self.data.batch(rng, self.batch_size)
+
+
+def _batches(data: EpisodeSequences, tc: TrainConfig, rng: np.random.Generator, key: list[int], device: torch.device):
+    """Iterator of training batches as torch tensors on `device`."""
+    if tc.workers == 0:
+        while True:
+            yield _to_torch(data.batch(rng, tc.batch_size), device)
+    loader = torch.utils.data.DataLoader(
+        _BatchStream(data, tc.batch_size, key), batch_size=None, num_workers=tc.workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4, worker_init_fn=lambda _: torch.set_num_threads(1))
+    for b in loader:
+        yield {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -282,6 +314,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         step = int(init["step"])
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     rng = np.random.default_rng([tc.seed, rank, step])  # resumed runs draw fresh (but reproducible) batches
+    batches = _batches(data, tc, rng, [tc.seed, rank, step], device)
 
     facts = robot_facts(episodes, spec)
     meta = {
@@ -328,12 +361,27 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     t_start = time.perf_counter()
     val_loss, train_loss = float("nan"), float("nan")
     ema = None
+    saved = step
+    t_warm = None  # when warm-up ended: a time budget's cosine runs over what is left of it after that
+    budget_s = tc.minutes * 60.0
     while step < tc.steps:
         t0 = time.perf_counter()
-        lr = lr_at(step, tc)
+        time_frac = 0.0
+        if budget_s > 0 and t0 - t_start >= budget_s:
+            break
+        if budget_s > 0 and step >= tc.warmup:
+            t_warm = t0 if t_warm is None else t_warm
+            time_frac = (t0 - t_warm) / max(1e-9, budget_s - (t_warm - t_start))
+            if distributed:  # every rank stops at the same step
+                f = torch.tensor([time_frac], device=device)
+                dist.all_reduce(f, op=dist.ReduceOp.MAX)
+                time_frac = float(f)
+            if time_frac >= 1.0:
+                break
+        lr = lr_at(step, tc, time_frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = _to_torch(data.batch(rng, tc.batch_size), device)
+        batch = next(batches)
         with autocast:
             loss, _ = ddp_model(batch, _loss=True, label_sigma=tc.label_sigma)  # DDP syncs gradients of forward
         opt.zero_grad(set_to_none=True)
@@ -358,7 +406,15 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         if is_main and (step % tc.ckpt_every == 0 or step == tc.steps):
             save(out / CHECKPOINT, val_loss)
             logger.plot(out)
+            saved = step
     bar.close()
+    if budget_s > 0 and step != saved and step > 0:  # stopped by the time budget between checkpoints
+        val_loss, val_err = evaluate()
+        logger.log({"step": step, "lr": lr_at(step, tc, 1.0), "train_loss": train_loss, "val_loss": val_loss,
+                    "tokens_per_s": float("nan"), "elapsed_s": time.perf_counter() - t_start, "val_bin_err": val_err})
+        if is_main:
+            save(out / CHECKPOINT, val_loss)
+            logger.plot(out)
     if distributed:
         dist.barrier()
     return {"step": step, "train_loss": train_loss, "val_loss": val_loss, "checkpoint": str(out / CHECKPOINT)}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The arm recipe on a GPU machine: demonstrations collected by one process per core, then one or more training runs
+# side by side on the GPU, each for a wall-clock budget, with DataLoader workers building the batches.
+#
+#   scripts/train_gpu.sh                      # defaults below
+#   MINUTES=30 VARIANTS="film:gato-arm-film-coord:256:2e-3 arm:gato-arm:256:2e-3" scripts/train_gpu.sh
+#
+# VARIANTS: space-separated NAME:PRESET:BATCH:LR; each trains into $RUNS/NAME and leaves
+# $RUNS/NAME/model.pt (weights + everything `gato-ros export --checkpoint` needs, no optimiser state).
+# DEADLINE (unix seconds, optional): finish by then -- the training budget becomes what is left after collection,
+# minus a margin for loading, the last validation and saving. Seeds as in scripts/make_model.sh: reach from 0,
+# pick_place from 100000 (evaluation uses 1000000 and up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+JOBS=${JOBS:-$(nproc)}
+DATA=${DATA:-data/gpu}
+RUNS=${RUNS:-runs/gpu}
+REACH_EPISODES=${REACH_EPISODES:-6000}
+PICK_EPISODES=${PICK_EPISODES:-4000}
+NOISE=${NOISE:-0.01}
+MINUTES=${MINUTES:-10}
+VARIANTS=${VARIANTS:-"film-coord:gato-arm-film-coord:256:2e-3"}
+START_PROB=${START_PROB:-0.5}
+LABEL_SIGMA=${LABEL_SIGMA:-4}
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+mkdir -p "$DATA" "$RUNS"
+t0=$(date +%s)
+
+# One small collection first, so that a machine that cannot render fails in seconds with the collector's message.
+if [ ! -f "$DATA/probe/dataset.json" ]; then
+  $PY -m gato_ros.cli collect --task reach --episodes 1 --seed 999999 --out "$DATA/probe" --no-progress
+fi
+pids=()
+collect() {  # TASK EPISODES FIRST_SEED: JOBS processes, one dataset directory each
+  local task=$1 n=$2 s0=$3 per=$(( ($2 + JOBS - 1) / JOBS )) j first cnt
+  for ((j = 0; j < JOBS; j++)); do
+    first=$((j * per)); [ "$first" -ge "$n" ] && break
+    cnt=$(( n - first < per ? n - first : per ))
+    [ -f "$DATA/${task}_$j/dataset.json" ] && continue
+    rm -rf "$DATA/${task}_$j.tmp"
+    ( $PY -m gato_ros.cli collect --task "$task" --episodes "$cnt" --seed $((s0 + first)) --noise "$NOISE" \
+        --out "$DATA/${task}_$j.tmp" --no-progress > "$DATA/${task}_$j.log" 2>&1 \
+      && mv "$DATA/${task}_$j.tmp" "$DATA/${task}_$j" ) &
+    pids+=($!)
+  done
+}
+collect reach "$REACH_EPISODES" 0
+collect pick_place "$PICK_EPISODES" 100000
+for p in "${pids[@]}"; do
+  wait "$p" || { tail -n 20 "$DATA"/*.log; echo "collection failed" >&2; exit 1; }
+done
+t1=$(date +%s)
+data_args=()
+for d in "$DATA"/reach_* "$DATA"/pick_place_*; do
+  [ -f "$d/dataset.json" ] && data_args+=(--data "$d")
+done
+echo "collected $REACH_EPISODES reach + $PICK_EPISODES pick_place episodes in $((t1 - t0)) s with $JOBS processes"
+
+if [ -n "${DEADLINE:-}" ]; then  # 90 s for loading the data, the last validation and saving
+  MINUTES=$(awk -v s=$((DEADLINE - $(date +%s) - 90)) 'BEGIN { printf "%.2f", (s > 60 ? s : 60) / 60 }')
+fi
+read -ra variants <<< "$VARIANTS"
+n=${#variants[@]}
+workers=${WORKERS:-$(( JOBS / n - 1 > 1 ? JOBS / n - 1 : 1 ))}
+echo "training ${n} run(s) for $MINUTES min each, $workers batch workers each"
+pids=()
+for v in "${variants[@]}"; do
+  IFS=: read -r name config batch lr <<< "$v"
+  $PY -m gato_ros.cli train "${data_args[@]}" --out "$RUNS/$name" --config "$config" --batch-size "$batch" --lr "$lr" \
+    --steps 1000000 --minutes "$MINUTES" --warmup 300 --workers "$workers" --threads 2 --start-prob "$START_PROB" \
+    --label-sigma "$LABEL_SIGMA" --val-every 500 --ckpt-every 1000 --no-progress --json > "$RUNS/$name.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  echo "$name: $(tail -n 1 "$RUNS/$name.log")"
+  [ -f "$RUNS/$name/checkpoint.pt" ] && $PY -c '
+import sys, torch
+ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+ckpt.pop("optimizer", None)
+torch.save(ckpt, sys.argv[2])' "$RUNS/$name/checkpoint.pt" "$RUNS/$name/model.pt"
+done
+echo "{\"collect_s\": $((t1 - t0)), \"total_s\": $(( $(date +%s) - t0 ))}"
+exit $status
