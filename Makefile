@@ -10,7 +10,7 @@ export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test bench model soak finetune-demo clean-venv
+.PHONY: venv demo test bench model model-gpu soak finetune-demo clean-venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,15 @@ bench: $(STAMP)
 model: $(STAMP)
 	scripts/make_model.sh
 	$(PY) -m gato_ros.report runs/gato_arm_small models/gato_arm_small
+
+# The recipe of the shipped bundle on a machine with a CUDA GPU (~11 min of collection and training on one H200,
+# then export and the same evaluations as `make model`; scripts/train_gpu.sh). The GPU's python needs torch with CUDA:
+# PY_GPU=python3 trains with that python instead of the venv's (whose pinned torch is the CPU build).
+model-gpu: $(STAMP)
+	PY=$${PY_GPU:-$(PY)} RUNS=runs/gpu VARIANTS="gato_arm_small:gato-arm-film-coord:256:2e-3" scripts/train_gpu.sh
+	rm -rf models/gato_arm_small && cp -r runs/gpu/gato_arm_small/bundle models/gato_arm_small
+	scripts/eval_model.sh models/gato_arm_small runs/gpu/gato_arm_small
+	$(PY) -m gato_ros.report runs/gpu/gato_arm_small models/gato_arm_small
 
 # 10 minutes of the policy node (shipped bundle, 20 Hz) under 30 Hz 640x480 camera + 200 Hz joint states; JSON
 # report of memory growth, tick p50/p99/max, deadline misses, dropped messages. Not in CI; run on an idle machine.

@@ -87,6 +87,21 @@ def write_model_card(run: str | Path, bundle: str | Path, notes: str = "") -> Pa
 
     cfg = train["config"]
     tc = train["train_config"]
+    # RUN/recipe.md (optional) describes how the run was made when that was not `make model`.
+    recipe = (run / "recipe.md").read_text() if (run / "recipe.md").is_file() else f"""\
+Reproduce with `make model` (`scripts/make_model.sh`): scripted-expert demonstrations in the sim
+(`gato-ros collect`, fixed seeds, action noise on executed targets with clean labels), then
+`gato-ros train --config {cfg['name']} --steps {tc['steps']} --batch-size {tc['batch_size']} --lr {tc['lr']}\
+{f" --label-sigma {tc['label_sigma']}" if tc.get('label_sigma') else ""}`,
+`gato-ros export`, and `gato-ros eval` of the bundle, the expert and a random policy on the same held-out seeds
+(the bundle also with a Gato prompt, `--prompt expert`, and through the ROS node graph, `--ros`, where those rows
+appear below).
+"""
+    data = ", ".join(train.get("data", []))
+    if len(train.get("data", [])) > 4:  # one directory per collecting process (scripts/train_gpu.sh)
+        data = f"{len(train['data'])} directories, {', '.join(train['data'][:2])}, ..."
+    where = timing.pop("machine", "the 2-core development machine (its load while this ran: see the notes below)")
+    timing_where = f" on {where}"
     film = ""
     if cfg.get("instruction_features"):
         film = (f" The patch embedding is conditioned on the instruction (FiLM over {cfg['instruction_features']} "
@@ -102,17 +117,10 @@ Graphs:
 
 ## Data and recipe
 
-Reproduce with `make model` (`scripts/make_model.sh`): scripted-expert demonstrations in the sim
-(`gato-ros collect`, fixed seeds, action noise on executed targets with clean labels), then
-`gato-ros train --config {cfg['name']} --steps {tc['steps']} --batch-size {tc['batch_size']} --lr {tc['lr']}\
-{f" --label-sigma {tc['label_sigma']}" if tc.get('label_sigma') else ""}`,
-`gato-ros export`, and `gato-ros eval` of the bundle, the expert and a random policy on the same held-out seeds
-(the bundle also with a Gato prompt, `--prompt expert`, and through the ROS node graph, `--ros`, where those rows
-appear below).
-
-- data: {', '.join(train.get('data', []))}; episodes: {train.get('episodes')}
+{recipe}
+- data: {data}; episodes: {train.get('episodes')}
 - git commit of the training code: `{train.get('git_commit')}`
-- wall-clock on the 2-core development machine (its load while this ran: see the notes below): {json.dumps(timing)}
+- wall-clock{timing_where}: {json.dumps(timing)}
 
 ![training loss](loss.png)
 

@@ -42,24 +42,7 @@ t2=$(date +%s)
 rm -rf "$OUT.tmp" && "$BIN/gato-ros" export --checkpoint "$RUN" --out "$OUT.tmp" --name "$NAME"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 t3=$(date +%s)
-mkdir -p "$RUN/eval"
-for policy in "$OUT" expert random; do
-  tag=$(basename "$policy")
-  "$BIN/gato-ros" eval --policy "$policy" --episodes "$EVAL_EPISODES" --seed "$EVAL_SEED" --json \
-    --out "$RUN/eval/$tag.json" --no-progress > /dev/null
-  echo "eval $tag: $(cat "$RUN/eval/$tag.json")"
-done
-# Gato few-shot prompting (a successful expert demonstration of the same task, fresh layouts) and the same episodes
-# through the ROS 2 node graph (sim node + policy node over DDS on loopback; the policy ticks in lockstep).
-"$BIN/gato-ros" eval --policy "$OUT" --episodes "$EVAL_EPISODES" --seed "$EVAL_SEED" --prompt expert --json \
-  --out "$RUN/eval/prompted.json" --no-progress > /dev/null
-echo "eval prompted: $(cat "$RUN/eval/prompted.json")"
-if [ "${ROS_EVAL:-1}" = 1 ]; then
-  ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))} \
-    "$BIN/gato-ros" eval --policy "$OUT" --episodes "$EVAL_EPISODES" --seed "$EVAL_SEED" --ros --json \
-    --out "$RUN/eval/ros.json" --no-progress > /dev/null
-  echo "eval ros: $(cat "$RUN/eval/ros.json")"
-fi
+EVAL_EPISODES="$EVAL_EPISODES" EVAL_SEED="$EVAL_SEED" BIN="$BIN" scripts/eval_model.sh "$OUT" "$RUN"
 t4=$(date +%s)
 echo "{\"collect_s\": $((t1-t0)), \"train_s\": $((t2-t1)), \"export_s\": $((t3-t2)), \"eval_s\": $((t4-t3))}" \
   | tee "$RUN/timing.json"

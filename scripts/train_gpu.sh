@@ -2,11 +2,15 @@
 # The arm recipe on a GPU machine: demonstrations collected by one process per core, then one or more training runs
 # side by side on the GPU, each for a wall-clock budget, with DataLoader workers building the batches.
 #
-#   scripts/train_gpu.sh                      # defaults below
-#   MINUTES=30 VARIANTS="film:gato-arm-film-coord:256:2e-3 arm:gato-arm:256:2e-3" scripts/train_gpu.sh
+#   scripts/train_gpu.sh                      # the recipe of models/gato_arm_small (its README), ~11 min on an H200
+#   MINUTES=30 MINUTES2=0 VARIANTS="film:gato-arm-film-coord:256:2e-3 arm:gato-arm:256:2e-3" scripts/train_gpu.sh
 #
-# VARIANTS: space-separated NAME:PRESET:BATCH:LR; each trains into $RUNS/NAME and leaves
-# $RUNS/NAME/model.pt (weights + everything `gato-ros export --checkpoint` needs, no optimiser state).
+# VARIANTS: space-separated NAME:PRESET:BATCH:LR; each trains into $RUNS/NAME for MINUTES, then (MINUTES2 > 0)
+# continues for MINUTES2 more (`--resume`: a warm restart, a second cosine cycle from the peak rate with the optimiser
+# state carried over), and leaves $RUNS/NAME/model.pt
+# (weights + everything `gato-ros export --checkpoint` needs, no optimiser state) and the bundle $RUNS/NAME/bundle.
+# The shipped bundle had three runs side by side (it was "A" of VARIANTS="A:gato-arm-film-coord:256:2e-3
+# B:gato-arm-film-coord:128:1e-3 C:gato-arm:256:2e-3"), so each run had 4 batch workers and a third of the GPU.
 # DEADLINE (unix seconds, optional): finish by then -- the training budget becomes what is left after collection,
 # minus a margin for loading, the last validation and saving. Seeds as in scripts/make_model.sh: reach from 0,
 # pick_place from 100000 (evaluation uses 1000000 and up).
@@ -19,8 +23,9 @@ RUNS=${RUNS:-runs/gpu}
 REACH_EPISODES=${REACH_EPISODES:-6000}
 PICK_EPISODES=${PICK_EPISODES:-4000}
 NOISE=${NOISE:-0.01}
-MINUTES=${MINUTES:-10}
-VARIANTS=${VARIANTS:-"film-coord:gato-arm-film-coord:256:2e-3"}
+MINUTES=${MINUTES:-6.2}
+MINUTES2=${MINUTES2:-3.4}
+VARIANTS=${VARIANTS:-"gato_arm_small:gato-arm-film-coord:256:2e-3"}
 START_PROB=${START_PROB:-0.5}
 LABEL_SIGMA=${LABEL_SIGMA:-4}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -64,24 +69,38 @@ read -ra variants <<< "$VARIANTS"
 n=${#variants[@]}
 workers=${WORKERS:-$(( JOBS / n - 1 > 1 ? JOBS / n - 1 : 1 ))}
 echo "training ${n} run(s) for $MINUTES min each, $workers batch workers each"
-pids=()
-for v in "${variants[@]}"; do
-  IFS=: read -r name config batch lr <<< "$v"
-  $PY -m gato_ros.cli train "${data_args[@]}" --out "$RUNS/$name" --config "$config" --batch-size "$batch" --lr "$lr" \
-    --steps 1000000 --minutes "$MINUTES" --warmup 300 --workers "$workers" --threads 2 --start-prob "$START_PROB" \
-    --label-sigma "$LABEL_SIGMA" --val-every 500 --ckpt-every 1000 --no-progress --json > "$RUNS/$name.log" 2>&1 &
-  pids+=($!)
-done
+train_all() {  # MINUTES LOG_SUFFIX: every variant side by side (a second call resumes each run)
+  local v name config batch lr p status=0 pids=()
+  for v in "${variants[@]}"; do
+    IFS=: read -r name config batch lr <<< "$v"
+    $PY -m gato_ros.cli train "${data_args[@]}" --out "$RUNS/$name" --config "$config" --batch-size "$batch" \
+      --lr "$lr" --steps 1000000 --minutes "$1" --warmup 300 --workers "$workers" --threads 2 \
+      --start-prob "$START_PROB" --label-sigma "$LABEL_SIGMA" --val-every 500 --ckpt-every 1000 --resume \
+      --no-progress --json > "$RUNS/$name$2.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || status=1; done
+  return $status
+}
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=1; done
+train_all "$MINUTES" "" || status=1
+if [ "$status" = 0 ] && awk -v m="$MINUTES2" 'BEGIN { exit !(m > 0) }'; then
+  train_all "$MINUTES2" .2 || status=1
+fi
 for v in "${variants[@]}"; do
   name=${v%%:*}
-  echo "$name: $(tail -n 1 "$RUNS/$name.log")"
-  [ -f "$RUNS/$name/checkpoint.pt" ] && $PY -c '
+  last="$RUNS/$name.2.log"; [ -f "$last" ] || last="$RUNS/$name.log"
+  echo "$name: $(tail -n 1 "$last")"
+  [ -f "$RUNS/$name/checkpoint.pt" ] || continue
+  $PY -c '
 import sys, torch
 ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
 ckpt.pop("optimizer", None)
 torch.save(ckpt, sys.argv[2])' "$RUNS/$name/checkpoint.pt" "$RUNS/$name/model.pt"
+  if [ "${EXPORT:-1}" = 1 ]; then
+    rm -rf "$RUNS/$name/bundle" && $PY -m gato_ros.cli export --checkpoint "$RUNS/$name/model.pt" \
+      --out "$RUNS/$name/bundle" --name "$name" > "$RUNS/$name.export.log" 2>&1 || status=1
+  fi
 done
 echo "{\"collect_s\": $((t1 - t0)), \"total_s\": $(( $(date +%s) - t0 ))}"
 exit $status

@@ -232,6 +232,33 @@ def test_start_prob_draws_windows_at_the_episode_start():
         EpisodeSequences(eps, cfg, norm, start_prob=1.5)
 
 
+def test_turn_prob_draws_windows_that_hold_the_sharpest_turn():
+    from gato_ros.model.data import SyntheticEpisode, sharpest_turn
+
+    cfg, _ = _tiny()
+    eps = synthetic_episodes(4, 20)
+    for ep in eps:  # the arm moves +x for 10 steps, then turns to -x at step 10
+        q = np.zeros((20, 7))
+        q[1:, 0] = np.cumsum(np.where(np.arange(19) < 10, 0.05, -0.05))
+        a = q.copy()
+        a[:-1, 0] = q[1:, 0]
+        a[-1, 0] = q[-1, 0] - 0.05
+        ep.observations["joint_pos"] = q
+        ep.actions = a
+    assert [sharpest_turn(ep) for ep in eps] == [10] * 4
+    assert sharpest_turn(SyntheticEpisode({"joint_pos": np.zeros((1, 7))}, np.zeros((1, 7)), "x", "t")) == 0
+    norm = fit_normalizer(eps, cfg.action_mode)
+    data = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0, turn_prob=1.0)
+    rng = np.random.default_rng(0)
+    starts = {data.draw(rng).start for _ in range(200)}
+    assert starts == {10 - k for k in range(cfg.window_steps)}  # the turn at every position of the window
+    mixed = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0, start_prob=0.5, turn_prob=0.5)
+    starts = [mixed.draw(rng).start for _ in range(400)]
+    assert 150 < starts.count(0) < 250 and set(starts) == {0, 8, 9, 10}
+    with pytest.raises(ValueError, match="turn_prob"):
+        EpisodeSequences(eps, cfg, norm, start_prob=0.6, turn_prob=0.6)
+
+
 def test_grounding_report_scores_true_against_swapped_instruction_and_image():
     from gato_ros.model.grounding import grounding_report, swap_colour
 

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-prob", type=float, default=d.start_prob,
                         help="share of contexts whose window starts at the episode's first step, where the action "
                         "must come from the image and the instruction (default %(default)s)")
+    parser.add_argument("--turn-prob", type=float, default=d.turn_prob,
+                        help="share of contexts whose window holds the episode's sharpest turn of the commanded "
+                        "motion (pick_place: lifting -> toward the bowl, where the bowl's colour decides; default "
+                        "%(default)s)")
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, data=list(args.data), config=args.config, init=args.init, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, max(1, args.steps // 5)),
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
-        start_prob=args.start_prob, label_sigma=args.label_sigma,
+        start_prob=args.start_prob, turn_prob=args.turn_prob, label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume, progress=not args.no_progress,
     )

@@ -73,7 +73,7 @@ class EpisodeSequences:
     """Samples fixed-size training contexts from episodes. Deterministic given the generator passed in."""
 
     def __init__(self, episodes: Sequence[Any], cfg: GatoConfig, normalizer: ActionNormalizer,
-                 prompt_prob: float = 0.25, start_prob: float = 0.0):
+                 prompt_prob: float = 0.25, start_prob: float = 0.0, turn_prob: float = 0.0):
         spec = check_episodes(episodes)
         if spec != cfg.spec:
             raise ValueError(f"episodes have layout {spec.to_dict()}, the model config expects {cfg.spec.to_dict()}")
@@ -86,6 +86,10 @@ class EpisodeSequences:
         if not 0.0 <= start_prob <= 1.0:
             raise ValueError(f"start_prob={start_prob}: must lie in [0, 1]")
         self.start_prob = start_prob
+        if not 0.0 <= turn_prob <= 1.0 or start_prob + turn_prob > 1.0:
+            raise ValueError(f"turn_prob={turn_prob}: must lie in [0, 1], and start_prob + turn_prob <= 1")
+        self.turn_prob = turn_prob
+        self.turns = np.array([sharpest_turn(ep) for ep in episodes]) if turn_prob else None
         self.lengths = np.array([len(ep.actions) for ep in episodes])
         self.by_task: dict[str, list[int]] = {}
         self.success_by_task: dict[str, list[int]] = {}
@@ -119,8 +123,11 @@ class EpisodeSequences:
         weights = np.maximum(self.lengths - N + 1, 1).astype(np.float64)
         i = int(rng.choice(len(self.episodes), p=weights / weights.sum()))
         start = int(rng.integers(0, max(self.lengths[i] - N, 0) + 1))
-        if self.start_prob and rng.random() < self.start_prob:
+        u = rng.random() if (self.start_prob or self.turn_prob) else 1.0
+        if u < self.start_prob:
             start = 0
+        elif u < self.start_prob + self.turn_prob:  # the turn at any of the window's N positions
+            start = int(np.clip(self.turns[i] - rng.integers(0, N), 0, max(self.lengths[i] - N, 0)))
         pe, ps = None, 0
         if prompt is None:
             prompt = bool(self.prompt_prob) and rng.random() < self.prompt_prob
@@ -179,6 +186,18 @@ def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if keep.all():
         return batch
     return {k: (v if k in UNPOSITIONED_KEYS else v[:, keep]) for k, v in batch.items()}  # images: all valid
+
+
+def sharpest_turn(ep: Any) -> int:
+    """The step at which the commanded arm motion (the actions minus the joint positions, gripper left out) changes
+    most from the step before: in pick_place the turn from lifting the cube toward the bowl, where the second colour
+    word decides the direction. Like the first step, it cannot be predicted by continuing the motion so far."""
+    a = np.asarray(ep.actions, dtype=np.float64)
+    q = np.asarray(ep.observations["joint_pos"], dtype=np.float64)
+    if len(a) < 2:
+        return 0
+    d = a[:, :-1] - q[:, :-1]
+    return int(np.argmax(np.linalg.norm(np.diff(d, axis=0), axis=1))) + 1
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -52,6 +52,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     prompt_prob: float = 0.25  # Gato: 25% of sequences carry a prompt
     start_prob: float = 0.0  # share of training contexts that start at an episode's first step (the decision step)
+    turn_prob: float = 0.0  # share of training contexts that hold the episode's sharpest turn (data.sharpest_turn)
     label_sigma: float = 0.0  # > 0: Gaussian target over neighbouring action bins (std in bins); 0: Gato one-hot
     val_fraction: float = 0.1
     val_every: int = 200
@@ -73,7 +74,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
         if self.workers < 0 or self.minutes < 0:
             raise ValueError(f"TrainConfig: workers={self.workers} and minutes={self.minutes} must be >= 0")
-        for f in ("prompt_prob", "start_prob"):
+        for f in ("prompt_prob", "start_prob", "turn_prob"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must lie in [0, 1]")
 
@@ -296,7 +297,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     val_eps = [episodes[i] for i in val_idx] or train_eps
     if norm is None:
         norm = fit_normalizer(train_eps, cfg.action_mode, tc.action_margin)
-    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob)
+    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob, tc.turn_prob)
     val_data = EpisodeSequences(val_eps, cfg, norm, tc.prompt_prob)  # uniform starts: comparable across recipes
     val_batches = [_to_torch(b, device) for b in val_data.fixed_batches(tc.seed + 12345, tc.val_batches,
                                                                          tc.batch_size)]
