@@ -6,16 +6,17 @@ Presets:
 |--------------|--------|-------|-------|------|--------------------|------------|----------------------------------|
 | `gato-tiny`  | 2      | 64    | 4     | 128  | 3                  | bytes      | unit tests (seconds on a CPU)    |
 | `gato-small` | 4      | 256   | 8     | 1024 | 6                  | bytes      | CPU benchmark preset             |
-| `gato-arm`   | 4      | 128   | 4     | 512  | 4                  | bytes      | the shipped arm model (CPU-trained) |
+| `gato-arm`   | 4      | 128   | 4     | 512  | 4                  | bytes      | arm models (`-film-coord`: shipped) |
 | `gato-79m`   | 8      | 768   | 24    | 3072 | 16                 | 32000      | Gato paper's smallest (Table 1) |
 
 `gato-79m` keeps the paper's 32000-token text vocabulary: its 24.6M embedding rows plus 8 x 12 x 768^2 = 56.6M
 block weights are the paper's 79M parameters. The byte-level presets use the 259-token byte vocabulary.
 
 `gato-arm-film` also conditions its patch embedding on the instruction (`instruction_features`, FiLM),
-`gato-arm-film-norm` normalises the patch embeddings too, and `gato-arm-film-coord` adds CoordConv channels: three
-attempts at the colour grounding that the shipped `gato-arm` bundle lacks; none is shipped (the model card says what
-they measured, and `python -m gato_ros.model.grounding` checks a model for it in a minute).
+`gato-arm-film-norm` normalises the patch embeddings too, and `gato-arm-film-coord` adds CoordConv channels. The
+shipped bundle is `gato-arm-film-coord`, trained on a GPU (the model card); trained on the 2-core CPU, none of these
+presets learned to ground the colour word within the CPU budget (`python -m gato_ros.model.grounding` checks a model
+for it in a minute).
 
 The context the model attends to at every token is the *pinned prefix* (instruction bytes, optionally a Gato
 prompt of `prompt_steps` timesteps) plus the last `window_steps` timesteps; see `gato_ros.sequence` for why this
@@ -174,12 +175,12 @@ PRESETS: dict[str, GatoConfig] = {
         prompt_steps=1, patch_channels=8, patch_groups=4,
     ),
     "gato-small": GatoConfig(name="gato-small"),
-    # The shipped arm model: a quarter of gato-small's block FLOPs so that ~3x more demonstrations fit into the
-    # 2-core CPU training budget (the colour grounding needs a few hundred thousand samples; see the model card).
+    # The arm models: a quarter of gato-small's block FLOPs so that ~3x more demonstrations fit into the 2-core CPU
+    # training budget (`make model`; the colour grounding needed more than that budget: see the model card).
     "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4),
-    # Experimental variants of gato-arm (not shipped; results in the model card): instruction-conditioned patches,
-    # and additionally a normalised patch embedding with one position embedding per patch row / column (pos_bins =
-    # the 4x4 grid: with Gato's 128 intervals each of the 32 embeddings per row is drawn in 1/32 of the samples).
+    # Variants of gato-arm: instruction-conditioned patches, and additionally a normalised patch embedding with one
+    # position embedding per patch row / column (pos_bins = the 4x4 grid: with Gato's 128 intervals each of the 32
+    # embeddings per row is drawn in 1/32 of the samples), and CoordConv channels (the shipped bundle's preset).
     "gato-arm-film": GatoConfig(name="gato-arm-film", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4,
                                 instruction_features=256),
     "gato-arm-film-norm": GatoConfig(name="gato-arm-film-norm", n_layers=4, d_model=128, n_heads=4, d_ff=512,
