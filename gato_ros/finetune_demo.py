@@ -64,6 +64,10 @@ class FinetuneDemoConfig:
     """Peak learning rate: a third of the from-scratch recipe's, as the weights start trained."""
     label_sigma: float = -1.0
     """HL-Gauss label std in bins; < 0: the bundle's training value (0 if unknown)."""
+    start_prob: float = -1.0
+    """Share of contexts starting at an episode's first step; < 0: the bundle's training value (0 if unknown)."""
+    turn_prob: float = -1.0
+    """Share of contexts holding the episode's sharpest turn (`train --turn-prob`); < 0: the bundle's value."""
     noise: float = 0.01
     """Executed-action noise of the expert (rad; labels stay clean: DART), for demos and replay alike."""
     execution_provider: str = "auto"
@@ -101,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
     p.add_argument("--batch-size", type=int, default=0, help="training batch (default: the bundle's)")
     p.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (default %(default)s)")
     p.add_argument("--label-sigma", type=float, default=-1.0, help="HL-Gauss label std (default: the bundle's)")
+    p.add_argument("--start-prob", type=float, default=-1.0,
+                   help="share of contexts starting at an episode's first step (default: the bundle's)")
+    p.add_argument("--turn-prob", type=float, default=-1.0,
+                   help="share of contexts holding the episode's sharpest turn (default: the bundle's)")
     p.add_argument("--noise", type=float, default=d["noise"].default,
                    help="expert action noise, rad (default %(default)s)")
     p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
@@ -113,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
         return FinetuneDemoConfig(
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
-            lr=a.lr, label_sigma=a.label_sigma, noise=a.noise, execution_provider=a.execution_provider,
+            lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob, noise=a.noise, execution_provider=a.execution_provider,
             export_rollout_steps=a.export_rollout_steps, progress=not a.no_progress, json=a.json)
     except ValueError as err:
         p.error(str(err))
@@ -253,15 +261,19 @@ class Demo:
         recipe = (self.meta.get("provenance") or {}).get("train_config") or {}
         batch = self.cfg.batch_size or int(recipe.get("batch_size") or 16)
         sigma = self.cfg.label_sigma if self.cfg.label_sigma >= 0 else float(recipe.get("label_sigma") or 0.0)
+        start = self.cfg.start_prob if self.cfg.start_prob >= 0 else float(recipe.get("start_prob") or 0.0)
+        turn = self.cfg.turn_prob if self.cfg.turn_prob >= 0 else float(recipe.get("turn_prob") or 0.0)
         data = [self.out / "data" / NEW_TASK] + ([self.out / "data" / "replay"] if any(self.cfg.replay_episodes)
                                                  else [])
         every = str(max(1, min(250, self.cfg.steps)))
         result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
                                    "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
                                    str(batch), "--lr", str(self.cfg.lr), "--label-sigma", str(sigma),
+                                   "--start-prob", str(start), "--turn-prob", str(turn),
                                    "--val-every", every, "--ckpt-every", every, "--resume", "--json",
                                    *self.progress_flag()]))
-        self.facts["train"] = dict(result, batch_size=batch, label_sigma=sigma, lr=self.cfg.lr)
+        self.facts["train"] = dict(result, batch_size=batch, label_sigma=sigma, lr=self.cfg.lr, start_prob=start,
+                                   turn_prob=turn)
         (self.out / "train.json").write_text(json.dumps(self.facts["train"], indent=1) + "\n")
 
     def export(self) -> None:
