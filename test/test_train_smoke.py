@@ -54,6 +54,33 @@ def test_same_seed_same_weights(tmp_path):
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+def test_time_budget_stops_the_run_and_saves_its_last_step(tmp_path):
+    eps = synthetic_episodes(3, 10)
+    out = tmp_path / "run"
+    res = train(TrainConfig(out=str(out), steps=100_000, minutes=0.03, ckpt_every=100_000, val_every=100_000,
+                            **TINY), episodes=eps)
+    assert 0 < res["step"] < 100_000  # stopped by the ~2 s budget, not by --steps
+    ck = load_checkpoint(out)
+    assert ck["step"] == res["step"] and ck["val_loss"] == pytest.approx(res["val_loss"])  # written at the stop
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    assert int(rows[-1].split(",")[0]) == res["step"] and rows[-1].split(",")[3]  # its validation is logged
+    lrs = [float(r.split(",")[1]) for r in rows]
+    assert max(lrs) == pytest.approx(TINY["lr"], rel=0.05) and lrs[-1] == pytest.approx(0.1 * TINY["lr"])
+    # The schedule follows the budget: past warm-up, the cosine is at the share of the budget spent.
+    tc = TrainConfig(steps=100_000, warmup=10, lr=1.0, min_lr_ratio=0.1, minutes=1.0)
+    assert lr_at(50, tc, time_frac=0.5) == pytest.approx(0.55) and lr_at(50, tc, time_frac=1.0) == pytest.approx(0.1)
+
+
+def test_batch_workers_train_like_the_training_process(tmp_path):
+    eps = synthetic_episodes(4, 12, seed=2)
+    res = train(TrainConfig(out=str(tmp_path / "run"), steps=12, val_every=12, workers=2, **dict(TINY, lr=6e-3)),
+                episodes=eps)
+    first = float((tmp_path / "run" / "log.csv").read_text().splitlines()[1].split(",")[2])
+    assert res["step"] == 12 and res["val_loss"] < first  # batches from the worker processes are trained on
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(workers=-1)
+
+
 def test_warmup_then_cosine():
     tc = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, tc) == pytest.approx(0.1) and lr_at(9, tc) == pytest.approx(1.0)

@@ -368,16 +368,17 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     while step < tc.steps:
         t0 = time.perf_counter()
         time_frac = 0.0
-        if budget_s > 0 and t0 - t_start >= budget_s:
-            break
-        if budget_s > 0 and step >= tc.warmup:
-            t_warm = t0 if t_warm is None else t_warm
-            time_frac = (t0 - t_warm) / max(1e-9, budget_s - (t_warm - t_start))
+        if budget_s > 0:
+            if step >= tc.warmup and t_warm is None:
+                t_warm = t0
+            over = float(t0 - t_start >= budget_s)
+            if t_warm is not None:
+                time_frac = (t0 - t_warm) / max(1e-9, budget_s - (t_warm - t_start))
             if distributed:  # every rank stops at the same step
-                f = torch.tensor([time_frac], device=device)
+                f = torch.tensor([time_frac, over], device=device)
                 dist.all_reduce(f, op=dist.ReduceOp.MAX)
-                time_frac = float(f)
-            if time_frac >= 1.0:
+                time_frac, over = f.tolist()
+            if over or time_frac >= 1.0:
                 break
         lr = lr_at(step, tc, time_frac)
         for g in opt.param_groups:
@@ -404,9 +405,10 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
             print(f"step {step}: train {train_loss:.4f} val {val_loss:.4f} bin error {row['val_bin_err']:.1f}",
                   flush=True)
         bar.update(1)
-        if is_main and (step % tc.ckpt_every == 0 or step == tc.steps):
-            save(out / CHECKPOINT, val_loss)
-            logger.plot(out)
+        if step % tc.ckpt_every == 0 or step == tc.steps:
+            if is_main:
+                save(out / CHECKPOINT, val_loss)
+                logger.plot(out)
             saved = step
     bar.close()
     if budget_s > 0 and step != saved and step > 0:  # stopped by the time budget between checkpoints
