@@ -35,3 +35,10 @@ def test_model_card_tables_every_policy_and_records_the_bundle_eval(tmp_path):
     assert (bundle / "success.png").stat().st_size > 1000
     meta = json.loads((bundle / "gato.json").read_text())
     assert meta["eval"]["tasks"]["reach"]["success_rate"] == 0.85
+    assert "Reproduce with `make model`" in card and "wall-clock on the 2-core development machine" in card
+    # A run made another way says so: RUN/recipe.md replaces the make-model paragraph, timing names its machine.
+    (run / "recipe.md").write_text("Trained on a GPU with scripts/train_gpu.sh.\n")
+    (run / "timing.json").write_text(json.dumps({"machine": "one H200", "train_s": 600}))
+    card = write_model_card(run, bundle).read_text()
+    assert "Trained on a GPU with scripts/train_gpu.sh." in card and "make model" not in card
+    assert 'wall-clock on one H200: {"train_s": 600}' in card
