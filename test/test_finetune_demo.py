@@ -50,7 +50,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert summary["train"]["step"] == 2
     recipe = json.loads((out / "run" / "train_config.json").read_text())["train_config"]
     assert recipe["init"] == str(bundle)
-    # Sampling shares: the flag where given, else the bundle's own recipe (the tiny bundle: no start oversampling).
+    # Sampling shares: the flags (--start-prob defaults to 0; -1 would take the bundle's own value).
     assert (recipe["turn_prob"], recipe["start_prob"]) == (0.5, 0.0)
     assert (summary["train"]["turn_prob"], summary["train"]["start_prob"]) == (0.5, 0.0)
     assert (out / "bundle" / "gato.json").is_file() and (out / "bundle" / "decode.onnx").is_file()
