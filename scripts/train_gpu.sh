@@ -11,7 +11,8 @@
 # state carried over), then (stage 2) fine-tunes for TURN_STEPS into $RUNS/NAME/turn, and leaves $RUNS/NAME/model.pt
 # (weights + everything `gato-ros export --checkpoint` needs, no optimiser state) and the bundle $RUNS/NAME/bundle.
 # The shipped bundle had three runs side by side (it was "A" of VARIANTS="A:gato-arm-film-coord:256:2e-3
-# B:gato-arm-film-coord:128:1e-3 C:gato-arm:256:2e-3"), so each run had 4 batch workers and a third of the GPU.
+# B:gato-arm-film-coord:128:1e-3 C:gato-arm:256:2e-3"), so each run had 4 batch workers and a third of the GPU
+# (6674 steps in 9.6 min); alone, a run does more steps in the same MINUTES, so the budgets are not step-exact.
 # DEADLINE (unix seconds, optional): finish by then -- the training budget becomes what is left after collection,
 # minus a margin for loading, the last validation and saving. Seeds as in scripts/make_model.sh: reach from 0,
 # pick_place from 100000 (evaluation uses 1000000 and up).
