@@ -95,3 +95,14 @@ def test_demo_with_a_broken_bundle_says_why_without_a_traceback(tmp_path):
     assert out.returncode != 0
     assert "gato_policy exited with code 1 during start-up" in out.stderr and "cannot load model bundle" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_model_summary_says_whether_the_last_run_was_a_fine_tune():
+    from gato_ros.cli.demo import _model_summary
+
+    meta = {"name": "b", "model": {"name": "gato-arm"}, "provenance": {"step": 7, "data": ["d1", "d2"],
+                                                                       "train_config": {"init": None}}}
+    assert _model_summary(meta) == "b (gato-arm), trained 7 steps on 2 dataset(s)"
+    meta["provenance"]["train_config"]["init"] = "runs/base.pt"
+    assert _model_summary(meta) == "b (gato-arm), fine-tuned 7 steps from runs/base.pt on 2 dataset(s)"
+    assert "untrained" in _model_summary({"name": "b"})

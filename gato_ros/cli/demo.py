@@ -183,6 +183,9 @@ def _model_summary(meta: dict) -> str:
     data = prov.get("data") or []
     steps = prov.get("step")
     trained = f"trained {steps} steps on {len(data)} dataset(s)" if steps else "untrained (no training steps recorded)"
+    init = (prov.get("train_config") or {}).get("init")
+    if steps and init:  # the last run continued another model's weights: its steps are not the whole training
+        trained = f"fine-tuned {steps} steps from {init} on {len(data)} dataset(s)"
     return f"{meta.get('name', '?')} ({(meta.get('model') or {}).get('name', '?')}), {trained}"
 
 
