@@ -36,8 +36,9 @@ model: $(STAMP)
 
 # The recipe of the shipped bundle on a machine with a CUDA GPU (scripts/train_gpu.sh: stage 1, ~11 min of
 # collection and training on one H200, then stage 2, the turn fine-tune; then export and the same evaluations as
-# `make model`). Stage 2 in this scripted form has not been run end to end (the model card says how it was made). The GPU's python needs torch with CUDA:
-# PY_GPU=python3 trains with that python instead of the venv's (whose pinned torch is the CPU build).
+# `make model`). Stage 2 in this scripted form has not been run end to end (the model card says how it was made).
+# The GPU's python needs torch with CUDA: PY_GPU=python3 trains with that python instead of the venv's (whose
+# pinned torch is the CPU build).
 model-gpu: $(STAMP)
 	PY=$${PY_GPU:-$(PY)} RUNS=runs/gpu VARIANTS="gato_arm_small:gato-arm-film-coord:256:2e-3" scripts/train_gpu.sh
 	rm -rf models/gato_arm_small && cp -r runs/gpu/gato_arm_small/bundle models/gato_arm_small

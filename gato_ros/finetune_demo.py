@@ -122,8 +122,9 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
         return FinetuneDemoConfig(
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
-            lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob, noise=a.noise, execution_provider=a.execution_provider,
-            export_rollout_steps=a.export_rollout_steps, progress=not a.no_progress, json=a.json)
+            lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob, noise=a.noise,
+            execution_provider=a.execution_provider, export_rollout_steps=a.export_rollout_steps,
+            progress=not a.no_progress, json=a.json)
     except ValueError as err:
         p.error(str(err))
 

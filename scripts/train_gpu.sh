@@ -120,5 +120,19 @@ torch.save(ckpt, sys.argv[2])' "$final" "$RUNS/$name/model.pt"
       --out "$RUNS/$name/bundle" --name "$name" > "$RUNS/$name.export.log" 2>&1 || status=1
   fi
 done
-echo "{\"collect_s\": $((t1 - t0)), \"total_s\": $(( $(date +%s) - t0 ))}"
+machine="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+timing="{\"machine\": \"${machine:-no GPU found} + $JOBS CPU cores\", \"collect_s\": $((t1 - t0)), \"total_s\": $(( $(date +%s) - t0 ))}"
+for v in "${variants[@]}"; do  # what `python -m gato_ros.report RUNS/NAME BUNDLE` puts into the model card
+  name=${v%%:*}
+  [ -d "$RUNS/$name" ] || continue
+  echo "$timing" > "$RUNS/$name/timing.json"
+  cat > "$RUNS/$name/recipe.md" <<EOF
+Trained with \`scripts/train_gpu.sh\` (\`make model-gpu\`): $REACH_EPISODES reach + $PICK_EPISODES pick_place
+scripted-expert demonstrations (noise $NOISE; seeds from 0 and 100000), then stage 1, \`gato-ros train\` with
+$v (NAME:PRESET:BATCH:LR), \`--start-prob $START_PROB --label-sigma $LABEL_SIGMA\`, for $MINUTES + $MINUTES2
+minutes, and stage 2, $TURN_STEPS steps of \`--turn-prob 0.4 --start-prob 0.2\` (batch 32, lr 3e-4; 0 = skipped).
+The training curve and configuration below are stage 1's; stage 2's are in $RUNS/$name/turn.
+EOF
+done
+echo "$timing"
 exit $status
