@@ -262,9 +262,12 @@ class Demo:
     def train(self) -> None:
         recipe = (self.meta.get("provenance") or {}).get("train_config") or {}
         batch = self.cfg.batch_size or int(recipe.get("batch_size") or 16)
-        sigma = self.cfg.label_sigma if self.cfg.label_sigma >= 0 else float(recipe.get("label_sigma") or 0.0)
-        start = self.cfg.start_prob if self.cfg.start_prob >= 0 else float(recipe.get("start_prob") or 0.0)
-        turn = self.cfg.turn_prob if self.cfg.turn_prob >= 0 else float(recipe.get("turn_prob") or 0.0)
+
+        def setting(name: str) -> float:  # the flag, or (< 0) the bundle's own training value, 0 if unknown
+            value = getattr(self.cfg, name)
+            return value if value >= 0 else float(recipe.get(name) or 0.0)
+
+        sigma, start, turn = setting("label_sigma"), setting("start_prob"), setting("turn_prob")
         data = [self.out / "data" / NEW_TASK] + ([self.out / "data" / "replay"] if any(self.cfg.replay_episodes)
                                                  else [])
         every = str(max(1, min(250, self.cfg.steps)))

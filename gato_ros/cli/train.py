@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
         start_prob=args.start_prob, turn_prob=args.turn_prob, label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-        threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume, progress=not args.no_progress,
+        threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,
+        progress=not args.no_progress,
     )
     result = train(tc)
     import os

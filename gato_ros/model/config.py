@@ -169,25 +169,25 @@ class GatoConfig:
         return dataclasses.replace(self, **changes)
 
 
+# The arm models' size: a quarter of gato-small's block FLOPs so that ~3x more demonstrations fit into the 2-core CPU
+# training budget (`make model`; the colour grounding needed more than that budget: see the model card).
+_ARM = dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4)
+
 PRESETS: dict[str, GatoConfig] = {
     "gato-tiny": GatoConfig(
         name="gato-tiny", n_layers=2, d_model=64, n_heads=4, d_ff=128, window_steps=3, max_text_tokens=32,
         prompt_steps=1, patch_channels=8, patch_groups=4,
     ),
     "gato-small": GatoConfig(name="gato-small"),
-    # The arm models: a quarter of gato-small's block FLOPs so that ~3x more demonstrations fit into the 2-core CPU
-    # training budget (`make model`; the colour grounding needed more than that budget: see the model card).
-    "gato-arm": GatoConfig(name="gato-arm", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4),
+    "gato-arm": GatoConfig(name="gato-arm", **_ARM),
     # Variants of gato-arm: instruction-conditioned patches, and additionally a normalised patch embedding with one
     # position embedding per patch row / column (pos_bins = the 4x4 grid: with Gato's 128 intervals each of the 32
     # embeddings per row is drawn in 1/32 of the samples), and CoordConv channels (the shipped bundle's preset).
-    "gato-arm-film": GatoConfig(name="gato-arm-film", n_layers=4, d_model=128, n_heads=4, d_ff=512, window_steps=4,
-                                instruction_features=256),
-    "gato-arm-film-norm": GatoConfig(name="gato-arm-film-norm", n_layers=4, d_model=128, n_heads=4, d_ff=512,
-                                     window_steps=4, instruction_features=256, patch_norm=True, pos_bins=4),
-    "gato-arm-film-coord": GatoConfig(name="gato-arm-film-coord", n_layers=4, d_model=128, n_heads=4, d_ff=512,
-                                      window_steps=4, instruction_features=256, patch_norm=True, pos_bins=4,
-                                      patch_coords=True),
+    "gato-arm-film": GatoConfig(name="gato-arm-film", **_ARM, instruction_features=256),
+    "gato-arm-film-norm": GatoConfig(name="gato-arm-film-norm", **_ARM, instruction_features=256, patch_norm=True,
+                                     pos_bins=4),
+    "gato-arm-film-coord": GatoConfig(name="gato-arm-film-coord", **_ARM, instruction_features=256, patch_norm=True,
+                                      pos_bins=4, patch_coords=True),
     "gato-79m": GatoConfig(
         name="gato-79m", n_layers=8, d_model=768, n_heads=24, d_ff=3072, window_steps=16, max_text_tokens=64,
         prompt_steps=2, patch_channels=64, patch_groups=16, tokenizer=TokenizerConfig(),
