@@ -54,6 +54,34 @@ def machine_limits(threads: int, precision: str = "fp32") -> dict[str, float]:
     return {"mem_bw_gbs": round(bw, 2), "matmul_gflops": round(2 * m * n * n / mm / 1e9, 1)}
 
 
+def gpu_limits() -> dict[str, Any]:
+    """The GPU's measured memory bandwidth (GB/s, 1 GiB device copy: read + write) and fp32 matmul rate (GFLOP/s,
+    4096^3 through cuBLAS), via CuPy (present whenever the runtime keeps its cache on the GPU)."""
+    import cupy as cp
+
+    def timed(fn, reps: int) -> float:
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        fn()
+        best = float("inf")
+        for _ in range(reps):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            best = min(best, cp.cuda.get_elapsed_time(start, end) / 1e3)
+        return best
+
+    src = cp.ones(2**28, cp.float32)
+    dst = cp.empty_like(src)
+    bw = 2 * src.nbytes / timed(lambda: cp.copyto(dst, src), 10) / 1e9
+    del src, dst
+    n = 4096
+    a = cp.random.default_rng(0).standard_normal((n, n), dtype=cp.float32)
+    mm = timed(lambda: a @ a, 10)
+    return {"mem_bw_gbs": round(bw, 1), "matmul_gflops": round(2 * n**3 / mm / 1e9, 1),
+            "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+
+
 def _matmul_graph(tmp: Path, n: int, precision: str) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -255,7 +283,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
                   peer_ticks: int = 30, recompute_ticks: int = 5, threads: int | None = None,
                   execution_provider: str = "auto", peers: bool = True, progress=None,
                   precision: str = "fp32", jacobi: bool = True, data: list[str] | None = None,
-                  history_steps: int | None = None) -> dict[str, Any]:
+                  history_steps: int | None = None, kv_device: str = "auto") -> dict[str, Any]:
     """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle."""
     from gato_ros.runtime import RuntimePolicy
 
@@ -270,7 +298,8 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         bundle_dir = Path(tmp.name) / config
         export_random(config, bundle_dir, precision=precision)
     try:
-        policy = RuntimePolicy.load(bundle_dir, execution_provider=execution_provider, threads=threads)
+        policy = RuntimePolicy.load(bundle_dir, execution_provider=execution_provider, threads=threads,
+                                    kv_device=kv_device)
         policy.jacobi = jacobi
         cfg = policy.cfg
         if history_steps is not None and not 0 <= history_steps <= cfg.window_steps:
@@ -284,6 +313,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             "precision": policy.bundle.meta.get("precision", "fp32"),
             "bundle": None if tmp else str(bundle_dir),
             "provider": policy.provider,
+            "kv_cache": policy.kv_device,
             "threads": threads,
             "tokens_per_tick": cfg.step_tokens,
             "graph_calls_per_tick": ours["graph_calls_per_tick"],
@@ -310,7 +340,8 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             result["speedup_vs_hf"] = round(hf["p50"] / ours["tick"]["p50"], 2)
             result["speedup_vs_hf_p99"] = round(hf["p99"] / ours["tick"]["p99"], 2)
         say("measure machine")
-        lim = machine_limits(threads, result["precision"])
+        on_gpu = policy.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        lim = gpu_limits() if on_gpu and policy.kv_device == "cuda" else machine_limits(threads, result["precision"])
         costs = model_costs(cfg, result["precision"])
         decodes = cfg.spec.action_size - 1  # the bound of sequential decoding, as issue 9 defines it
         bound = (decodes * costs["weight_bytes"] / (lim["mem_bw_gbs"] * 1e9)

@@ -18,7 +18,9 @@ of R = window_steps * S slots; timestep t lives in ring slots [(t mod window) * 
 buffers whole, masked per query (prefix validity; ring slots whose step is inside the query's window), and
 return only the new tokens' keys/values; those of proven tokens are written into the numpy buffers here. The
 buffers, and each call shape's inputs and outputs, are bound to ONNX Runtime once (IO binding over the same
-memory), so nothing proportional to the context is copied per call.
+memory), so nothing proportional to the context is copied per call. On a GPU (CUDA or TensorRT provider) with CuPy
+installed, the cache buffers and the new keys/values live in GPU memory (`kv_device`), bound by pointer the same way
+and written on the device; without CuPy they stay in host memory, and every call copies the cache to the GPU.
 
 Imports neither torch nor rclpy (tested).
 """
@@ -62,6 +64,28 @@ def choose_providers(execution_provider: str) -> list[str]:
     return [p for p in want if p in available] or ["CPUExecutionProvider"]
 
 
+def _kv_device(kv_device: str, provider: str) -> str:
+    """Where the KV cache lives: "cpu", or "cuda" (GPU memory; needs a CUDA/TensorRT session and CuPy).
+    "auto": on the GPU when both are there, else in host memory."""
+    if kv_device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"kv_device={kv_device!r}: choose auto, cpu or cuda")
+    on_gpu = provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    if kv_device == "cpu" or (kv_device == "auto" and not on_gpu):
+        return "cpu"
+    if not on_gpu:
+        raise ValueError(f"kv_device='cuda' needs the CUDA or TensorRT provider; the session runs on {provider}")
+    try:
+        import cupy  # noqa: F401, PLC0415
+    except ImportError:
+        if kv_device == "cuda":
+            raise ValueError("kv_device='cuda' needs CuPy (pip install cupy-cuda12x or cupy-cuda13x)") from None
+        warnings.warn("the model runs on the GPU but CuPy is not installed: the KV cache stays in host memory and "
+                      "is copied to the GPU on every call (pip install cupy-cuda12x / cupy-cuda13x)", RuntimeWarning,
+                      stacklevel=3)
+        return "cpu"
+    return "cuda"
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -97,7 +121,7 @@ class RuntimePolicy:
     """Policy protocol (`reset`, `set_instruction`, `act`) over a bundle, with a KV cache kept across ticks."""
 
     def __init__(self, bundle: Bundle, execution_provider: str = "auto", temperature: float = 0.0,
-                 seed: int = 0, threads: int | None = None):
+                 seed: int = 0, threads: int | None = None, kv_device: str = "auto"):
         self.bundle = bundle
         cfg = self.cfg = bundle.config
         self.joint_names = list(bundle.joint_names)
@@ -131,12 +155,19 @@ class RuntimePolicy:
         L, H, Dh, P, R = cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
         C, S, obs = P + R, self.ctx.S, self.ctx.obs_len
         self._C = C
+        self.kv_device = _kv_device(kv_device, self.provider)
+        self._xp = np
+        if self.kv_device == "cuda":
+            import cupy  # noqa: PLC0415 (optional: only for a GPU-resident cache)
+
+            self._xp = cupy
         # Preallocated cache, all layers in one array each, bound per layer once (IO binding over the same memory).
         # Keys are stored transposed (Dh, slots) so scores need no transpose; values of prefix and ring share one
         # buffer (prefix slots first).
-        self.prefix_k = np.zeros((L, H, Dh, P), np.float32)
-        self.ring_k = np.zeros((L, H, Dh, R), np.float32)
-        self.values = np.zeros((L, H, C, Dh), np.float32)
+        xp = self._xp
+        self.prefix_k = xp.zeros((L, H, Dh, P), np.float32)
+        self.ring_k = xp.zeros((L, H, Dh, R), np.float32)
+        self.values = xp.zeros((L, H, C, Dh), np.float32)
         self._prefix_mask = np.full(P, NEG_INF, np.float32)  # (P,) 0 where a prefix slot holds a token
         self._ring_step = np.full(R, -1, np.int64)  # (R,) timestep held by each ring slot, -1 = empty
         self._a_last = S - 1  # offset of the last action token in a timestep
@@ -157,17 +188,29 @@ class RuntimePolicy:
 
     def _bind_cache(self, b: ort.IOBinding) -> None:
         for l in range(self.cfg.n_layers):
-            b.bind_cpu_input(f"prefix_k_{l}", self.prefix_k[l])
-            b.bind_cpu_input(f"ring_k_{l}", self.ring_k[l])
-            b.bind_cpu_input(f"value_{l}", self.values[l])
+            self._bind_kv(b, f"prefix_k_{l}", self.prefix_k[l])
+            self._bind_kv(b, f"ring_k_{l}", self.ring_k[l])
+            self._bind_kv(b, f"value_{l}", self.values[l])
+
+    def _bind_kv(self, b: ort.IOBinding, name: str, arr, output: bool = False) -> None:
+        """Bind a float32 cache-side array (numpy, or CuPy on the GPU) by its address: ONNX Runtime reads or
+        writes that memory in place, so the array must never be reallocated (only written into)."""
+        assert arr.dtype == np.float32 and arr.flags.c_contiguous, name
+        if self._xp is np:
+            where, ptr = ("cpu", 0), arr.ctypes.data
+        else:
+            where, ptr = ("cuda", arr.device.id), arr.data.ptr
+        bind = b.bind_output if output else b.bind_input
+        bind(name, where[0], where[1], np.float32, list(arr.shape), ptr)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, execution_provider: str = "auto", temperature: float = 0.0,
-             seed: int = 0, threads: int | None = None, prompt: Mapping | None = None) -> "RuntimePolicy":
+             seed: int = 0, threads: int | None = None, prompt: Mapping | None = None,
+             kv_device: str = "auto") -> "RuntimePolicy":
         """Load a bundle directory. `prompt`: optional Gato prompt episode {"observations": {...}, "actions":
         (T, A)} whose last `prompt_steps` timesteps are pinned after the instruction (few-shot prompting)."""
-        policy = cls(Bundle.load(bundle_dir), execution_provider, temperature, seed, threads)
+        policy = cls(Bundle.load(bundle_dir), execution_provider, temperature, seed, threads, kv_device)
         if prompt is not None:
             policy.set_prompt(prompt["observations"], prompt["actions"])
         return policy
@@ -343,16 +386,19 @@ class RuntimePolicy:
         P, S, K, t = self.cfg.prefix_slots, self.ctx.S, self.cfg.window_steps, self._t
         steps = t + cs.rel_steps[:n]
         slots = (steps % K) * S + cs.offsets[:n]
-        new_k, new_v = cs.out["new_k"][:, :, :n], cs.out["new_v"][:, :, :n]
+        new_k, new_v = cs.new_k[:, :, :n], cs.new_v[:, :, :n]
         a = int(slots[0])
         if int(slots[-1]) - a == n - 1:
             self.ring_k[:, :, :, a:a + n] = new_k.transpose(0, 1, 3, 2)
             self.values[:, :, P + a:P + a + n] = new_v
             self._ring_step[a:a + n] = steps
         else:
-            self.ring_k[:, :, :, slots] = new_k.transpose(0, 1, 3, 2)
-            self.values[:, :, P + slots] = new_v
+            idx = self._xp.asarray(slots)
+            self.ring_k[:, :, :, idx] = new_k.transpose(0, 1, 3, 2)
+            self.values[:, :, P + idx] = new_v
             self._ring_step[slots] = steps
+        if self._xp is not np:  # ONNX Runtime's CUDA stream does not wait for CuPy's: finish the writes first
+            self._xp.cuda.get_current_stream().synchronize()
 
     def _sample(self, logits: np.ndarray) -> int:
         """Greedy by default; with a temperature, a draw from softmax(logits / temperature)."""
@@ -394,8 +440,11 @@ class RuntimePolicy:
             b.bind_output(k, "cpu")
         self.sessions["prefill"].run_with_iobinding(b)
         _, new_k, new_v = b.copy_outputs_to_cpu()
-        self.prefix_k[:, :, :, :n] = new_k.transpose(0, 1, 3, 2)
-        self.values[:, :, :n] = new_v
+        xp = self._xp
+        self.prefix_k[:, :, :, :n] = xp.asarray(new_k.transpose(0, 1, 3, 2))
+        self.values[:, :, :n] = xp.asarray(new_v)
+        if xp is not np:
+            xp.cuda.get_current_stream().synchronize()
         self._prefix_mask[:n] = 0.0
 
     # ------------------------------------------------------------------ observations
@@ -464,8 +513,11 @@ class _CallSet:
             b.bind_cpu_input(k, arr)
         policy._bind_cache(b)
         rows = min(T, cfg.spec.action_size)
-        self.out = {"logits": np.zeros((rows, cfg.tokenizer.num_bins), np.float32),
-                    "new_k": np.zeros((L, H, T, Dh), np.float32), "new_v": np.zeros((L, H, T, Dh), np.float32)}
-        for k, arr in self.out.items():
-            b.bind_ortvalue_output(k, ort.OrtValue.ortvalue_from_numpy(arr))
+        self.out = {"logits": np.zeros((rows, cfg.tokenizer.num_bins), np.float32)}  # read on the host
+        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.out["logits"]))
+        # The new tokens' keys/values stay where the cache lives (copied into it by `_write`).
+        self.new_k = policy._xp.zeros((L, H, T, Dh), np.float32)
+        self.new_v = policy._xp.zeros((L, H, T, Dh), np.float32)
+        policy._bind_kv(b, "new_k", self.new_k, output=True)
+        policy._bind_kv(b, "new_v", self.new_v, output=True)
         self.binding = b

@@ -160,6 +160,17 @@ def test_bad_observation_is_named(bundle):
         policy.act({k: v for k, v in obs.items() if k != "joint_vel"})
 
 
+def test_kv_cache_device_choice(bundle):
+    """The cache stays in host memory on the CPU provider; asking for GPU memory there, or for an unknown place,
+    fails at load with the reason (the GPU-resident path itself needs a GPU: scripts/bench_gpu.sh checks it)."""
+    out, _, _ = bundle
+    assert RuntimePolicy.load(out, execution_provider="cpu").kv_device == "cpu"
+    with pytest.raises(ValueError, match="needs the CUDA or TensorRT provider"):
+        RuntimePolicy.load(out, execution_provider="cpu", kv_device="cuda")
+    with pytest.raises(ValueError, match="choose auto, cpu or cuda"):
+        RuntimePolicy.load(out, execution_provider="cpu", kv_device="gpu")
+
+
 def _copy(src, tmp_path):
     dst = tmp_path / "b"
     shutil.copytree(src, dst)

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute-ticks", type=int, default=5, help="timed torch recompute ticks")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for all contenders (0: up to 2)")
     parser.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
+    parser.add_argument("--kv-device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the KV cache lives: auto = GPU memory when the model runs on a GPU and CuPy is "
+                             "installed, else host memory (copied to the GPU on every call)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                         help="with --config: weights of the exported random model (default %(default)s)")
     parser.add_argument("--data", action="append", metavar="DIR",
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
                         args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision,
-                        not args.sequential, args.data, args.history_steps)
+                        not args.sequential, args.data, args.history_steps, args.kv_device)
     bar.close()
     if args.json:
         print(json.dumps(res))

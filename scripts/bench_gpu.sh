@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU rows of BENCHMARKS.md (issue 9): ONNX Runtime's CUDA provider, for the shipped bundle and a random gato-79m,
+# with the KV cache in GPU memory (CuPy) and in host memory (copied to the GPU on every call).
+#
+#   scripts/bench_gpu.sh              # needs onnxruntime-gpu (CUDA provider), CuPy, and torch for the 79m export
+#
+# First a parity check: the same observations through the CPU provider and the CUDA provider must give the same
+# action tokens (greedy). Writes one JSON file per row to $OUT_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT_DIR=${OUT_DIR:-runs/bench_gpu}
+TICKS=${TICKS:-300}
+BIG=${BIG:-/tmp/gato-79m-random}
+mkdir -p "$OUT_DIR"
+
+$PY - <<'EOF'
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from gato_ros.runtime import RuntimePolicy
+
+print("onnxruntime", ort.__version__, ort.get_available_providers(), flush=True)
+rng = np.random.default_rng(0)
+obs = [{"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "joint_pos": rng.uniform(-1, 1, 7), "joint_vel": rng.uniform(-0.2, 0.2, 7)} for _ in range(8)]
+out = {}
+for name, ep, kv in (("cpu", "cpu", "cpu"), ("cuda_kv_gpu", "cuda", "cuda"), ("cuda_kv_host", "cuda", "cpu")):
+    p = RuntimePolicy.load("models/gato_arm_small", execution_provider=ep, kv_device=kv)
+    assert p.provider == ("CPUExecutionProvider" if ep == "cpu" else "CUDAExecutionProvider"), p.provider
+    acts = []
+    for ep_i in range(3):  # three episodes, 40 ticks each (wraps the 4-step ring many times)
+        p.set_instruction(["reach the red cube", "put the blue ball in the green bowl", "reach the yellow cylinder"][ep_i])
+        for t in range(40):
+            acts.append(p.act(obs[(t * 3 + ep_i) % 8]))
+    out[name] = np.stack(acts)
+for name in ("cuda_kv_gpu", "cuda_kv_host"):
+    same = np.all(np.isclose(out[name], out["cpu"], atol=1e-9), axis=1)
+    res = {"parity": name, "ticks": len(same), "identical_ticks": int(same.sum()),
+           "max_abs_diff_rad": float(np.abs(out[name] - out["cpu"]).max())}
+    print(json.dumps(res), flush=True)
+EOF
+
+bench() {  # NAME ARGS...
+  local name=$1; shift
+  $PY -m gato_ros.cli bench --no-peers --ticks "$TICKS" --json "$@" > "$OUT_DIR/$name.json"
+  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], json.dumps({k: r[k] for k in \
+('model','provider','kv_cache','graph_calls_per_tick','tick_ms','breakdown_ms','bound_ms','bound_fraction')}))" \
+    "$OUT_DIR/$name.json" "$name"
+}
+bench small_cuda_kvgpu --model models/gato_arm_small --execution-provider cuda --kv-device cuda
+bench small_cuda_kvhost --model models/gato_arm_small --execution-provider cuda --kv-device cpu
+if [ ! -f "$BIG/gato.json" ]; then
+  $PY -c "import sys; from pathlib import Path; from gato_ros.bench import export_random; \
+export_random('gato-79m', Path(sys.argv[1]))" "$BIG"
+fi
+bench 79m_cuda_kvgpu --model "$BIG" --execution-provider cuda --kv-device cuda
+bench 79m_cuda_kvhost --model "$BIG" --execution-provider cuda --kv-device cpu
+bench 79m_cuda_kvgpu_seq --model "$BIG" --execution-provider cuda --kv-device cuda --sequential
+bench 79m_cuda_kvgpu_h1 --model "$BIG" --execution-provider cuda --kv-device cuda --history-steps 1
