@@ -69,6 +69,9 @@ class FinetuneDemoConfig:
     turn_prob: float = 0.0
     """Share of contexts holding the episode's sharpest turn (`train --turn-prob`); < 0: the bundle's value. Default
     0 for both: with the shipped bundle's own shares (0.2, 0.4) the new task was learned worse (docs/ros.md)."""
+    new_task_share: float = 0.0
+    """Share of training contexts drawn from the new task's demonstrations (`train --task-share`); 0: every episode
+    by its number of windows, so a larger replay set dilutes the new demonstrations."""
     noise: float = 0.01
     """Executed-action noise of the expert (rad; labels stay clean: DART), for demos and replay alike."""
     execution_provider: str = "auto"
@@ -84,6 +87,8 @@ class FinetuneDemoConfig:
             raise ValueError("--steps and --eval-episodes must be >= 1")
         if len(self.replay_episodes) != 2 or min(self.replay_episodes) < 0:
             raise ValueError("--replay-episodes takes two counts >= 0: reach and pick_place")
+        if not 0 <= self.new_task_share < 1:
+            raise ValueError(f"--new-task-share {self.new_task_share}: must lie in [0, 1)")
         if not (Path(self.bundle) / "gato.json").is_file():
             raise ValueError(f"--bundle {self.bundle!r} is not a model bundle (no gato.json)")
 
@@ -110,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
                    help="share of contexts starting at an episode's first step (< 0: the bundle's; default 0)")
     p.add_argument("--turn-prob", type=float, default=0.0,
                    help="share of contexts holding the episode's sharpest turn (< 0: the bundle's; default 0)")
+    p.add_argument("--new-task-share", type=float, default=0.0,
+                   help="share of training contexts from the new demos (0: by episode length; default 0)")
     p.add_argument("--noise", type=float, default=d["noise"].default,
                    help="expert action noise, rad (default %(default)s)")
     p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
@@ -122,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
         return FinetuneDemoConfig(
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
-            lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob, noise=a.noise,
+            lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob,
+            new_task_share=a.new_task_share, noise=a.noise,
             execution_provider=a.execution_provider, export_rollout_steps=a.export_rollout_steps,
             progress=not a.no_progress, json=a.json)
     except ValueError as err:
@@ -271,14 +279,15 @@ class Demo:
         data = [self.out / "data" / NEW_TASK] + ([self.out / "data" / "replay"] if any(self.cfg.replay_episodes)
                                                  else [])
         every = str(max(1, min(250, self.cfg.steps)))
+        share = ["--task-share", f"{NEW_TASK}={self.cfg.new_task_share}"] if self.cfg.new_task_share else []
         result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
                                    "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
                                    str(batch), "--lr", str(self.cfg.lr), "--label-sigma", str(sigma),
-                                   "--start-prob", str(start), "--turn-prob", str(turn),
+                                   "--start-prob", str(start), "--turn-prob", str(turn), *share,
                                    "--val-every", every, "--ckpt-every", every, "--resume", "--json",
                                    *self.progress_flag()]))
         self.facts["train"] = dict(result, batch_size=batch, label_sigma=sigma, lr=self.cfg.lr, start_prob=start,
-                                   turn_prob=turn)
+                                   turn_prob=turn, new_task_share=self.cfg.new_task_share)
         (self.out / "train.json").write_text(json.dumps(self.facts["train"], indent=1) + "\n")
 
     def export(self) -> None:

@@ -259,6 +259,33 @@ def test_turn_prob_draws_windows_that_hold_the_sharpest_turn():
         EpisodeSequences(eps, cfg, norm, start_prob=0.6, turn_prob=0.6)
 
 
+def test_task_share_sets_each_tasks_share_of_the_draws():
+    from gato_ros.model.data import task_weights
+
+    # 2 short new-task episodes beside 8 long replay episodes of two tasks: by windows the new task gets 2%.
+    tasks = ["new", "new", "old", "old", "old", "old", "reach", "reach", "reach", "reach"]
+    lengths = np.array([6, 12, 30, 30, 30, 30, 13, 13, 13, 13])
+    w = task_weights(tasks, lengths, 4)
+    assert w[:2].sum() == pytest.approx(12 / (12 + 4 * 27 + 4 * 10))
+    w = task_weights(tasks, lengths, 4, {"new": 0.5})
+    assert w[:2].sum() == pytest.approx(0.5) and w[1] / w[0] == pytest.approx(9 / 3)  # windows within the task
+    assert w[2:6].sum() / w[6:].sum() == pytest.approx(27 / 10)  # the rest by windows, as before
+    w = task_weights(tasks, lengths, 4, {"new": 0.2, "old": 0.3, "reach": 0.5})
+    assert [w[:2].sum(), w[2:6].sum(), w[6:].sum()] == pytest.approx([0.2, 0.3, 0.5])
+    for bad, msg in (({"pick": 0.5}, "no episode of that task"), ({"new": 0.0}, "must lie in"),
+                     ({"new": 0.6, "old": 0.4}, "summing to less than 1"), ({"new": 1.0, "old": 0.5}, "must lie")):
+        with pytest.raises(ValueError, match=msg):
+            task_weights(tasks, lengths, 4, bad)
+
+    cfg, _ = _tiny()
+    eps = synthetic_episodes(10, 12)
+    for i, ep in enumerate(eps):
+        ep.task = "new" if i < 2 else "old"
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode), prompt_prob=0.0, task_share={"new": 0.5})
+    rng = np.random.default_rng(0)
+    assert 150 < sum(data.draw(rng).episode < 2 for _ in range(400)) < 250
+
+
 def test_grounding_report_scores_true_against_swapped_instruction_and_image():
     from gato_ros.model.grounding import grounding_report, swap_colour
 

@@ -119,6 +119,10 @@ def test_cli_train_on_episode_dataset_then_init(tmp_path):
     cmd2 = gato + ["train", "--data", str(data), "--out", str(tmp_path / "ft"), "--init", str(tmp_path / "run"),
                    "--steps", "2", "--batch-size", "4", "--val-every", "2", "--no-progress", "--json"]
     subprocess.run(cmd2, check=True, capture_output=True, text=True, env=_env())
+    # --task-share names a task of the data as TASK=P; anything else stops before training, saying why
+    for share, msg in (("reach", "expected TASK=P"), ("pick_place=0.5", "no episode of that task")):
+        bad = subprocess.run(cmd2 + ["--task-share", share], capture_output=True, text=True, env=_env())
+        assert bad.returncode != 0 and msg in bad.stderr, bad.stderr[-2000:]
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

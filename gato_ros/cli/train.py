@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of contexts whose window holds the episode's sharpest turn of the commanded "
                         "motion (pick_place: lifting -> toward the bowl, where the bowl's colour decides; default "
                         "%(default)s)")
+    parser.add_argument("--task-share", action="append", default=[], metavar="TASK=P",
+                        help="draw this share of the contexts from TASK's episodes (repeatable; the other tasks share "
+                        "the rest by their number of windows): a few new demonstrations next to a large replay set")
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")
@@ -56,6 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the final losses as JSON")
 
 
+def parse_shares(items: list[str]) -> dict[str, float]:
+    """["point_above=0.5", ...] -> {"point_above": 0.5}; bad items stop with the item named."""
+    out: dict[str, float] = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            if not (sep and task):
+                raise ValueError
+            out[task] = float(value)
+        except ValueError:
+            raise SystemExit(f"--task-share {item!r}: expected TASK=P, e.g. point_above=0.5") from None
+    return out
+
+
 def _defaults():
     from gato_ros.model.train import TrainConfig
 
@@ -69,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, data=list(args.data), config=args.config, init=args.init, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, max(1, args.steps // 5)),
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
-        start_prob=args.start_prob, turn_prob=args.turn_prob, label_sigma=args.label_sigma,
+        start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
+        label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,
         progress=not args.no_progress,

@@ -11,7 +11,7 @@ Works over any sequence of Episode-like objects (`observations` dict, `actions`,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -73,7 +73,8 @@ class EpisodeSequences:
     """Samples fixed-size training contexts from episodes. Deterministic given the generator passed in."""
 
     def __init__(self, episodes: Sequence[Any], cfg: GatoConfig, normalizer: ActionNormalizer,
-                 prompt_prob: float = 0.25, start_prob: float = 0.0, turn_prob: float = 0.0):
+                 prompt_prob: float = 0.25, start_prob: float = 0.0, turn_prob: float = 0.0,
+                 task_share: Mapping[str, float] | None = None):
         spec = check_episodes(episodes)
         if spec != cfg.spec:
             raise ValueError(f"episodes have layout {spec.to_dict()}, the model config expects {cfg.spec.to_dict()}")
@@ -97,6 +98,7 @@ class EpisodeSequences:
             self.by_task.setdefault(ep.task, []).append(i)
             if getattr(ep, "success", False):
                 self.success_by_task.setdefault(ep.task, []).append(i)
+        self.weights = task_weights([ep.task for ep in episodes], self.lengths, cfg.window_steps, task_share)
         self._text = [self.builder.text_ids(ep.instruction) for ep in episodes]
         self._text_feat = [self.builder.text_features(ep.instruction) for ep in episodes]
 
@@ -111,7 +113,7 @@ class EpisodeSequences:
         return self.tok.tokenize_steps(obs, act, self.cfg.spec)
 
     def draw(self, rng: np.random.Generator, prompt: bool | None = None) -> Sample:
-        """Episode weighted by its number of windows, a window start (the episode's first step with probability
+        """Episode weighted by its number of windows (within its task's share, see `task_weights`), a window start (the episode's first step with probability
         `start_prob`, else uniform), and a prompt if `prompt` (None: with probability `prompt_prob`).
 
         Why favour the first step: there the arm is at rest and nothing is in the context yet, so the action can
@@ -120,8 +122,7 @@ class EpisodeSequences:
         decision steps are a few percent of the labels (1 in ~18 for reach) and the colour grounding learns slowly
         (the copycat problem of behaviour cloning with history, Wen et al. 2020)."""
         N = self.cfg.window_steps
-        weights = np.maximum(self.lengths - N + 1, 1).astype(np.float64)
-        i = int(rng.choice(len(self.episodes), p=weights / weights.sum()))
+        i = int(rng.choice(len(self.episodes), p=self.weights))
         start = int(rng.integers(0, max(self.lengths[i] - N, 0) + 1))
         u = rng.random() if (self.start_prob or self.turn_prob) else 1.0
         if u < self.start_prob:
@@ -198,6 +199,34 @@ def sharpest_turn(ep: Any) -> int:
         return 0
     d = a[:, :-1] - q[:, :-1]
     return int(np.argmax(np.linalg.norm(np.diff(d, axis=0), axis=1))) + 1
+
+
+def task_weights(tasks: Sequence[str], lengths: np.ndarray, window: int,
+                 share: Mapping[str, float] | None = None) -> np.ndarray:
+    """Probability of drawing each episode: proportional to its number of windows, except that the episodes of each
+    task named in `share` together get that share of the draws (the rest goes to the other tasks, again by windows).
+    A few demonstrations of a new task next to a large replay set of the old ones (fine-tuning) would otherwise be a
+    small share of every batch."""
+    w = np.maximum(np.asarray(lengths) - window + 1, 1).astype(np.float64)
+    share = dict(share or {})
+    tasks = np.asarray(tasks)
+    present = sorted(set(tasks.tolist()))
+    unknown = sorted(set(share) - set(present))
+    if unknown:
+        raise ValueError(f"task share for {unknown}: no episode of that task in the data (tasks: {present})")
+    bad = {t: p for t, p in share.items() if not 0 < p <= 1}
+    total = sum(share.values())
+    rest = [t for t in present if t not in share]
+    if bad or total > 1 + 1e-9 or (not rest and abs(total - 1) > 1e-9) or (rest and total >= 1 - 1e-9):
+        raise ValueError(f"task share {share}: each must lie in (0, 1], summing to less than 1 (to 1 when every "
+                         f"task of the data is named; tasks: {present})")
+    for t, p in share.items():
+        m = tasks == t
+        w[m] *= p / w[m].sum()
+    if rest:
+        m = ~np.isin(tasks, list(share))
+        w[m] *= (1 - total) / w[m].sum()
+    return w / w.sum()
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -53,6 +53,7 @@ class TrainConfig:
     prompt_prob: float = 0.25  # Gato: 25% of sequences carry a prompt
     start_prob: float = 0.0  # share of training contexts that start at an episode's first step (the decision step)
     turn_prob: float = 0.0  # share of training contexts that hold the episode's sharpest turn (data.sharpest_turn)
+    task_share: dict[str, float] = field(default_factory=dict)  # {task: share of contexts} (data.task_weights)
     label_sigma: float = 0.0  # > 0: Gaussian target over neighbouring action bins (std in bins); 0: Gato one-hot
     val_fraction: float = 0.1
     val_every: int = 200
@@ -297,7 +298,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     val_eps = [episodes[i] for i in val_idx] or train_eps
     if norm is None:
         norm = fit_normalizer(train_eps, cfg.action_mode, tc.action_margin)
-    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob, tc.turn_prob)
+    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob, tc.turn_prob, tc.task_share)
     val_data = EpisodeSequences(val_eps, cfg, norm, tc.prompt_prob)  # uniform starts: comparable across recipes
     val_batches = [_to_torch(b, device) for b in val_data.fixed_batches(tc.seed + 12345, tc.val_batches,
                                                                          tc.batch_size)]
