@@ -72,6 +72,8 @@ class FinetuneDemoConfig:
     new_task_share: float = 0.0
     """Share of training contexts drawn from the new task's demonstrations (`train --task-share`); 0: every episode
     by its number of windows, so a larger replay set dilutes the new demonstrations."""
+    freeze: str = ""
+    """Regex of parameter names kept fixed while fine-tuning (`train --freeze`); empty: all are trained."""
     noise: float = 0.01
     """Executed-action noise of the expert (rad; labels stay clean: DART), for demos and replay alike."""
     execution_provider: str = "auto"
@@ -117,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
                    help="share of contexts holding the episode's sharpest turn (< 0: the bundle's; default 0)")
     p.add_argument("--new-task-share", type=float, default=0.0,
                    help="share of training contexts from the new demos (0: by episode length; default 0)")
+    p.add_argument("--freeze", default="", metavar="REGEX",
+                   help="parameters kept fixed while fine-tuning (train --freeze; default: none)")
     p.add_argument("--noise", type=float, default=d["noise"].default,
                    help="expert action noise, rad (default %(default)s)")
     p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
@@ -130,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
             lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob,
-            new_task_share=a.new_task_share, noise=a.noise,
+            new_task_share=a.new_task_share, freeze=a.freeze, noise=a.noise,
             execution_provider=a.execution_provider, export_rollout_steps=a.export_rollout_steps,
             progress=not a.no_progress, json=a.json)
     except ValueError as err:
@@ -280,6 +284,7 @@ class Demo:
                                                  else [])
         every = str(max(1, min(250, self.cfg.steps)))
         share = ["--task-share", f"{NEW_TASK}={self.cfg.new_task_share}"] if self.cfg.new_task_share else []
+        share += ["--freeze", self.cfg.freeze] if self.cfg.freeze else []
         result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
                                    "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
                                    str(batch), "--lr", str(self.cfg.lr), "--label-sigma", str(sigma),
@@ -287,7 +292,7 @@ class Demo:
                                    "--val-every", every, "--ckpt-every", every, "--resume", "--json",
                                    *self.progress_flag()]))
         self.facts["train"] = dict(result, batch_size=batch, label_sigma=sigma, lr=self.cfg.lr, start_prob=start,
-                                   turn_prob=turn, new_task_share=self.cfg.new_task_share)
+                                   turn_prob=turn, new_task_share=self.cfg.new_task_share, freeze=self.cfg.freeze)
         (self.out / "train.json").write_text(json.dumps(self.facts["train"], indent=1) + "\n")
 
     def export(self) -> None:

@@ -19,7 +19,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
-           "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress",
+           "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--freeze", r"^embed\.token", "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress",
            "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -54,6 +54,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert (recipe["turn_prob"], recipe["start_prob"]) == (0.5, 0.0)
     assert (summary["train"]["turn_prob"], summary["train"]["start_prob"]) == (0.5, 0.0)
     assert recipe["task_share"] == {"point_above": 0.5} and summary["train"]["new_task_share"] == 0.5
+    assert recipe["freeze"] == summary["train"]["freeze"] == r"^embed\.token"
     assert (out / "bundle" / "gato.json").is_file() and (out / "bundle" / "decode.onnx").is_file()
     assert json.loads((out / "eval_after.json").read_text())["policy"] == str(out / "bundle")
     report = (out / "report.md").read_text()

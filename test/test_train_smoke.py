@@ -54,6 +54,24 @@ def test_same_seed_same_weights(tmp_path):
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+def test_freeze_keeps_matching_parameters_and_trains_the_rest(tmp_path):
+    eps = synthetic_episodes(3, 10)
+    train(TrainConfig(out=str(tmp_path / "base"), steps=2, val_every=2, **TINY), episodes=eps)
+    base = load_checkpoint(tmp_path / "base")["model"]
+    train(TrainConfig(out=str(tmp_path / "ft"), init=str(tmp_path / "base"), steps=3, val_every=3,
+                      freeze=r"^embed\.|blocks\.0\.", **TINY), episodes=eps)
+    ft = load_checkpoint(tmp_path / "ft")["model"]
+    frozen = [k for k in base if k.startswith("embed.") or k.startswith("blocks.0.")]
+    assert frozen and all(np.array_equal(base[k].numpy(), ft[k].numpy()) for k in frozen)
+    trained = [k for k in base if k.startswith("blocks.1.") and k.endswith("weight")]
+    assert trained and not any(np.array_equal(base[k].numpy(), ft[k].numpy()) for k in trained)
+    for bad, msg in (("nothing_is_called_this", "matches no parameter"), (".", "matches every parameter"),
+                     ("(", "not a regular expression")):
+        with pytest.raises(ValueError, match=msg):
+            train(TrainConfig(out=str(tmp_path / "bad"), init=str(tmp_path / "base"), steps=1, freeze=bad, **TINY),
+                  episodes=eps)
+
+
 def test_time_budget_stops_the_run_and_saves_its_last_step(tmp_path):
     eps = synthetic_episodes(3, 10)
     out = tmp_path / "run"

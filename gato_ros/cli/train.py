@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-share", action="append", default=[], metavar="TASK=P",
                         help="draw this share of the contexts from TASK's episodes (repeatable; the other tasks share "
                         "the rest by their number of windows): a few new demonstrations next to a large replay set")
+    parser.add_argument("--freeze", default="", metavar="REGEX",
+                        help="keep the parameters whose names match REGEX fixed, e.g. 'embed\\.patch\\.(?!film)|blocks\\.[01]\\.'"
+                        " (fine-tune the rest; names: embed.token, embed.patch, blocks.N, head, ...)")
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, max(1, args.steps // 5)),
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
         start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
+        freeze=args.freeze,
         label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,

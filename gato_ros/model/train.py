@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class TrainConfig:
     start_prob: float = 0.0  # share of training contexts that start at an episode's first step (the decision step)
     turn_prob: float = 0.0  # share of training contexts that hold the episode's sharpest turn (data.sharpest_turn)
     task_share: dict[str, float] = field(default_factory=dict)  # {task: share of contexts} (data.task_weights)
+    freeze: str = ""  # regex: parameters whose names match it keep their values (fine-tuning part of a model)
     label_sigma: float = 0.0  # > 0: Gaussian target over neighbouring action bins (std in bins); 0: Gato one-hot
     val_fraction: float = 0.1
     val_every: int = 200
@@ -78,6 +80,26 @@ class TrainConfig:
         for f in ("prompt_prob", "start_prob", "turn_prob"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must lie in [0, 1]")
+
+
+def freeze_parameters(model: torch.nn.Module, pattern: str) -> list[str]:
+    """Stop training the parameters whose names match the regex `pattern` (re.search); -> their names. An empty
+    pattern freezes nothing; one that matches nothing, or everything, is an error naming the parameters."""
+    if not pattern:
+        return []
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"freeze pattern {pattern!r}: not a regular expression ({e})") from None
+    names = [n for n, _ in model.named_parameters()]
+    hit = [n for n in names if rx.search(n)]
+    if not hit or len(hit) == len(names):
+        groups = sorted({".".join(n.split(".")[:2]) for n in names})
+        raise ValueError(f"freeze pattern {pattern!r} matches {'no' if not hit else 'every'} parameter; names look "
+                         f"like {groups}")
+    for n in hit:
+        model.get_parameter(n).requires_grad_(False)
+    return hit
 
 
 def git_commit() -> str:
@@ -306,8 +328,13 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     model = GatoModel(cfg).to(device)
     if init is not None:
         model.load_state_dict(init["model"])
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    frozen = freeze_parameters(model, tc.freeze)
+    if frozen and is_main:
+        print(f"frozen: {len(frozen)} tensors, {sum(model.get_parameter(n).numel() for n in frozen):,} of "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters (--freeze {tc.freeze!r})", flush=True)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in params if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
     step = 0
