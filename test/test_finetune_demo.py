@@ -19,8 +19,8 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
-           "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--freeze", r"^embed\.token", "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress",
-           "--json"]
+           "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--freeze", r"^embed\.token",
+           "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
