@@ -58,6 +58,8 @@ class FinetuneDemoConfig:
     """Evaluation episodes per task, before and after, seeds from eval_seed."""
     eval_seed: int = EVAL_SEED
     record_seed: int = RECORD_SEED
+    train_seed: int = 0
+    """Seed of the fine-tuning run (`train --seed`: its batches and validation split)."""
     batch_size: int = 0
     """Contexts per training step; 0: the bundle's training batch size (16 if unknown)."""
     lr: float = 3e-4
@@ -110,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
                    help="evaluation episodes per task, before and after (default %(default)s)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="first evaluation seed (default %(default)s)")
     p.add_argument("--record-seed", type=int, default=RECORD_SEED, help="first demo seed (default %(default)s)")
+    p.add_argument("--train-seed", type=int, default=0, help="seed of the fine-tuning run (default 0)")
     p.add_argument("--batch-size", type=int, default=0, help="training batch (default: the bundle's)")
     p.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (default %(default)s)")
     p.add_argument("--label-sigma", type=float, default=-1.0, help="HL-Gauss label std (default: the bundle's)")
@@ -132,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
     try:
         return FinetuneDemoConfig(
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
-            eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, batch_size=a.batch_size,
+            eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, train_seed=a.train_seed,
+            batch_size=a.batch_size,
             lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob,
             new_task_share=a.new_task_share, freeze=a.freeze, noise=a.noise,
             execution_provider=a.execution_provider, export_rollout_steps=a.export_rollout_steps,
@@ -285,6 +289,7 @@ class Demo:
         every = str(max(1, min(250, self.cfg.steps)))
         share = ["--task-share", f"{NEW_TASK}={self.cfg.new_task_share}"] if self.cfg.new_task_share else []
         share += ["--freeze", self.cfg.freeze] if self.cfg.freeze else []
+        share += ["--seed", str(self.cfg.train_seed)]
         result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
                                    "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
                                    str(batch), "--lr", str(self.cfg.lr), "--label-sigma", str(sigma),

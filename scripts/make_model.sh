@@ -22,27 +22,45 @@ THREADS=${THREADS:-$(nproc)}
 CONFIG=${CONFIG:-gato-arm}
 NOISE=${NOISE:-0.01}
 BATCH=${BATCH:-16}
+LR=${LR:-1e-3}
+WARMUP=${WARMUP:-100}
+START_PROB=${START_PROB:-0}
+TURN_PROB=${TURN_PROB:-0}
+# BUDGET_MIN > 0: collection + training + export end within this many minutes (training gets what collection
+# left, `train --minutes`; STEPS still caps it); 0: train exactly STEPS steps.
+BUDGET_MIN=${BUDGET_MIN:-0}
+EVAL=${EVAL:-1}
 EVAL_EPISODES=${EVAL_EPISODES:-100}
 EVAL_SEED=${EVAL_SEED:-1000000}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 
 t0=$(date +%s)
-if [ ! -f "$DATA/dataset.json" ]; then
-  "$BIN/gato-ros" collect --task reach --episodes "$REACH_EPISODES" --seed 0 --noise "$NOISE" --out "$DATA.tmp"
-  "$BIN/gato-ros" collect --task pick_place --episodes "$PICK_EPISODES" --seed 100000 --noise "$NOISE" \
-    --out "$DATA.tmp"
-  mv "$DATA.tmp" "$DATA"  # a half-collected dataset is never mistaken for a finished one
-fi
-"$BIN/gato-ros" dataset info "$DATA"
+# Both tasks at once, one process each (the sim renders on the CPU: two cores, two collectors); each into its own
+# directory, renamed when complete, so a half-collected dataset is never mistaken for a finished one.
+collect() {  # TASK EPISODES FIRST_SEED
+  [ -f "$DATA/$1/dataset.json" ] && return 0
+  rm -rf "$DATA/$1.tmp" && mkdir -p "$DATA"
+  "$BIN/gato-ros" collect --task "$1" --episodes "$2" --seed "$3" --noise "$NOISE" --out "$DATA/$1.tmp" \
+    --no-progress && mv "$DATA/$1.tmp" "$DATA/$1"
+}
+collect reach "$REACH_EPISODES" 0 & r=$!
+collect pick_place "$PICK_EPISODES" 100000 & p=$!
+wait $r && wait $p
+"$BIN/gato-ros" dataset info "$DATA/reach" && "$BIN/gato-ros" dataset info "$DATA/pick_place"
 t1=$(date +%s)
-"$BIN/gato-ros" train --data "$DATA" --out "$RUN" --config "$CONFIG" --steps "$STEPS" --batch-size "$BATCH" \
-  --label-sigma "$LABEL_SIGMA" --start-prob "${START_PROB:-0}" --threads "$THREADS" --ckpt-every 250 --val-every 250 \
-  --resume
+budget=()
+if [ "$BUDGET_MIN" != 0 ]; then  # what is left of the end-to-end budget, less 2 min for export and saving
+  budget=(--minutes "$(awk -v m="$BUDGET_MIN" -v s=$((t1 - t0)) 'BEGIN { printf "%.2f", m - s / 60 - 2 }')")
+fi
+"$BIN/gato-ros" train --data "$DATA/reach" --data "$DATA/pick_place" --out "$RUN" --config "$CONFIG" \
+  --steps "$STEPS" "${budget[@]}" --batch-size "$BATCH" --lr "$LR" --warmup "$WARMUP" --label-sigma "$LABEL_SIGMA" \
+  --start-prob "$START_PROB" --turn-prob "$TURN_PROB" --threads "$THREADS" --ckpt-every 250 --val-every 250 \
+  --no-progress --resume
 t2=$(date +%s)
 rm -rf "$OUT.tmp" && "$BIN/gato-ros" export --checkpoint "$RUN" --out "$OUT.tmp" --name "$NAME"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 t3=$(date +%s)
-EVAL_EPISODES="$EVAL_EPISODES" EVAL_SEED="$EVAL_SEED" BIN="$BIN" scripts/eval_model.sh "$OUT" "$RUN"
+[ "$EVAL" = 1 ] && EVAL_EPISODES="$EVAL_EPISODES" EVAL_SEED="$EVAL_SEED" BIN="$BIN" scripts/eval_model.sh "$OUT" "$RUN"
 t4=$(date +%s)
 echo "{\"collect_s\": $((t1-t0)), \"train_s\": $((t2-t1)), \"export_s\": $((t3-t2)), \"eval_s\": $((t4-t3))}" \
   | tee "$RUN/timing.json"
