@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -78,6 +79,7 @@ def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, po
             if prompts is not None:
                 policy.set_prompt(*prompts(task, i))
             r = run_episode(env, policy, seed=seed + i, task=task, on_frame=on_frame)
+            r.info["outcome"] = env.outcome()
             results.append(r)
             ticks.extend(r.tick_ms)
             total_steps += r.steps
@@ -98,6 +100,8 @@ def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, po
             "successes": k,
             "mean_steps_success": float(np.mean(ok_steps)) if ok_steps else None,
             "seeds": [seed, seed + episodes - 1],
+            # how the episodes ended (sim.tasks.OUTCOME_HELP): where the failures went
+            "outcomes": dict(sorted(Counter(r.info["outcome"] for r in results).items(), key=lambda kv: -kv[1])),
         }
     if bar is not None:
         bar.close()

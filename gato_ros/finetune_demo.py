@@ -335,8 +335,9 @@ class Demo:
         tasks = {}
         for t in [NEW_TASK, *ORIGINAL_TASKS]:
             b, a = before["tasks"][t], after["tasks"][t]
-            tasks[t] = {"before": {k: b[k] for k in ("episodes", "success_rate", "ci95", "mean_steps")},
-                        "after": {k: a[k] for k in ("episodes", "success_rate", "ci95", "mean_steps")},
+            keep = ("episodes", "success_rate", "ci95", "mean_steps", "outcomes")
+            tasks[t] = {"before": {k: b[k] for k in keep if k in b},
+                        "after": {k: a[k] for k in keep if k in a},
                         "change": a["success_rate"] - b["success_rate"]}
         info_bags = dataset_info(o / "data" / NEW_TASK)
         replay = o / "data" / "replay"
@@ -391,11 +392,13 @@ def report_markdown(s: dict) -> str:
         "",
         f"Success on {s['eval']['episodes_per_task']} held-out episodes per task (seeds {s['eval']['seeds'][0]}.."
         f"{s['eval']['seeds'][1]}, the same before and after), Wilson 95% intervals:", "",
-        "| task | before | after | change |", "|---|---|---|---|",
+        "| task | before | after | change | failures after |", "|---|---|---|---|---|",
     ]
     for t, r in s["tasks"].items():
+        failed = {k: n for k, n in r["after"].get("outcomes", {}).items() if k != "success"}
         lines.append(f"| {t} | {_pct(r['before']['success_rate'], r['before']['ci95'])} | "
-                     f"{_pct(r['after']['success_rate'], r['after']['ci95'])} | {r['change'] * 100:+.0f} points |")
+                     f"{_pct(r['after']['success_rate'], r['after']['ci95'])} | {r['change'] * 100:+.0f} points | "
+                     f"{', '.join(f'{k} {n}' for k, n in failed.items()) or '-'} |")
     lines += ["", "Checks (issue 7):", ""]
     lines += [f"- {name.replace('_', ' ')}: {'yes' if ok else 'NO'}" for name, ok in s["checks"].items()]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in s["timing_s"].items()), ""]

@@ -54,9 +54,17 @@ def plot_success(results: Sequence[dict], path: str | Path, title: str = "closed
     plt.close(fig)
 
 
+def _failures(t: dict) -> str:
+    """How the failed episodes ended (`outcomes` of `gato-ros eval`; not recorded by `--ros` or older results)."""
+    if "outcomes" not in t:
+        return "n/a"
+    failed = {k: n for k, n in t["outcomes"].items() if k != "success"}
+    return ", ".join(f"{k} {n}" for k, n in failed.items()) or "-"
+
+
 def _table(results: Sequence[dict]) -> str:
-    rows = ["| policy | task | episodes | success | 95% CI | mean steps | act() p50 / p99 ms |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| policy | task | episodes | success | 95% CI | mean steps | act() p50 / p99 ms | failures |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         tick = r.get("tick_ms", {})
         for task, t in sorted(r["tasks"].items()):
@@ -64,7 +72,7 @@ def _table(results: Sequence[dict]) -> str:
             rows.append(
                 f"| {_label(r)} | {task} | {t['episodes']} | {t['success_rate']:.0%} | "
                 f"[{lo:.0%}, {hi:.0%}] | {t['mean_steps']:.1f} | "
-                f"{(tick.get('p50') or 0):.2f} / {(tick.get('p99') or 0):.2f} |")
+                f"{(tick.get('p50') or 0):.2f} / {(tick.get('p99') or 0):.2f} | {_failures(t)} |")
     return "\n".join(rows)
 
 

@@ -40,6 +40,7 @@ def test_eval_expert_and_random_print_the_contract_json(capsys, tmp_path):
         lo, hi = t["ci95"]
         assert 0 <= lo <= t["success_rate"] <= hi <= 1
         assert t["mean_steps"] > 5
+        assert t["outcomes"] == {"success": 3}
     assert res["tick_ms"]["p50"] > 0 and res["tick_ms"]["p99"] >= res["tick_ms"]["p50"]
     assert video.stat().st_size > 1000
 
@@ -48,6 +49,8 @@ def test_eval_expert_and_random_print_the_contract_json(capsys, tmp_path):
     res = _json_out(capsys)
     assert res["policy"] == "random" and res["tasks"]["reach"]["success_rate"] == 0.0
     assert res["tasks"]["reach"]["mean_steps"] == 60  # ran to the step budget
+    outcomes = res["tasks"]["reach"]["outcomes"]  # where the failures went, counted
+    assert sum(outcomes.values()) == 2 and set(outcomes) <= {"other object", "missed"}
 
 
 def test_eval_rejects_unknown_policy_and_task(capsys):

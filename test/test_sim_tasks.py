@@ -109,3 +109,58 @@ def test_reaching_never_counts_as_pointing(env):
             obs, _, terminated, truncated, _ = env.step(expert.act(obs))
             assert not task.success(env.model, env.data, env.layout)
             done = terminated or truncated
+
+
+def _run_expert(env, seed, task, stop_phase=None):
+    obs, _ = env.reset(seed=seed, options={"task": task})
+    expert = ScriptedExpert(env)
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(expert.act(obs))
+        done = terminated or truncated or (stop_phase is not None and expert.phase == stop_phase)
+    return env.layout
+
+
+def test_outcomes_name_where_an_episode_went(env):
+    """Each task's `outcome` on staged end states: the expert's, and the same state judged against a layout that
+    names another object (as if the policy had gone to the wrong one)."""
+    import dataclasses
+
+    from gato_ros.sim.env import mujoco
+    from gato_ros.sim.tasks import OUTCOME_HELP, VARIANTS, get_task
+
+    reach, pick, point = get_task("reach"), get_task("pick_place"), VARIANTS["point_above"]
+    m, d = env.model, env.data
+    lay = _run_expert(env, 3, "reach")
+    other = next(o.body for o in lay.objects if o.body != lay.target)
+    assert reach.outcome(m, d, lay) == "success" == env.outcome()
+    assert reach.outcome(m, d, dataclasses.replace(lay, target=other)) == "other object"
+    assert point.outcome(m, d, lay) == "too low"  # reaching ends 7.5 cm up: pointing needs 20 cm
+
+    lay = _run_expert(env, 4, "point_above")
+    assert point.outcome(m, d, lay) == "success"
+    other = next(o.body for o in lay.objects if o.body != lay.target)
+    assert point.outcome(m, d, dataclasses.replace(lay, target=other)) == "other object"
+    d.qvel[m.joint("shoulder_pan_joint").dofadr[0]] = 0.5
+    mujoco.mj_forward(m, d)
+    assert point.outcome(m, d, lay) == "moving"
+
+    env.reset(seed=5, options={"task": "pick_place"})
+    assert env.outcome() == "untouched"
+    lay = _run_expert(env, 5, "pick_place", stop_phase="carry")
+    assert env.outcome() == "held"
+    lay = _run_expert(env, 5, "pick_place")
+    assert env.outcome() == "success"
+    bowls = [o.body for o in lay.objects if o.kind == "bowl"]
+    other_bowl = next(b for b in bowls if b != lay.receptacle)
+    assert pick.outcome(m, d, dataclasses.replace(lay, receptacle=other_bowl)) == "other bowl"
+    other_cube = next(o.body for o in lay.objects if o.kind == "cube" and o.body != lay.target)
+    assert pick.outcome(m, d, dataclasses.replace(lay, target=other_cube)) == "other cube"
+    # The named cube set down on the table, away from both bowls and from where it started.
+    adr = m.jnt_qposadr[m.body(lay.target).jntadr[0]]
+    start = np.asarray(lay.object(lay.target).xy)
+    d.qpos[adr:adr + 2] = start + [0.0, 0.12] if start[1] < 0.2 else start - [0.0, 0.12]
+    mujoco.mj_forward(m, d)
+    assert pick.outcome(m, d, lay) == "dropped"
+    assert {"success", "other object", "too low", "moving", "held", "untouched", "other bowl", "other cube",
+            "dropped"} <= set(OUTCOME_HELP)

@@ -233,6 +233,12 @@ class ArmEnv:
             "joint_vel": self.data.qvel[self._dadr].copy(),
         }
 
+    def outcome(self) -> str:
+        """How the current episode stands (`Task.outcome`: "success", or where it went wrong)."""
+        if self.layout is None:
+            raise RuntimeError("outcome() before reset()")
+        return self.task.outcome(self.model, self.data, self.layout)
+
     def _info(self) -> dict:
         return {
             "instruction": self.layout.instruction,

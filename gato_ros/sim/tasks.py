@@ -115,6 +115,33 @@ class Task:
     def success(self, model, data, layout: Layout) -> bool:
         raise NotImplementedError
 
+    def outcome(self, model, data, layout: Layout) -> str:
+        """How the episode ended, one word or phrase from the task's `OUTCOMES` (evaluations count them): where a
+        failed policy went wrong."""
+        return "success" if self.success(model, data, layout) else "failure"
+
+
+OUTCOME_HELP = {
+    "success": "the task's success test holds at the end",
+    "other object": "the tool ends nearest (horizontally) to an object that was not named",
+    "missed": "nearest to the named object, but not within reach of it",
+    "too low": "above the named object (within the tolerance) but below the height band",
+    "too high": "above the named object but over the height band",
+    "moving": "above the named object at the right height, still moving faster than the limit",
+    "other bowl": "the named cube lies in the bowl that was not named",
+    "other cube": "the named cube is where it started and another cube was moved",
+    "held": "the named cube is still in the gripper",
+    "dropped": "the named cube was moved but lies outside both bowls",
+    "untouched": "nothing was moved",
+    "failure": "the task failed (no finer outcome defined)",
+}
+
+
+def _nearest_object(data, layout: Layout) -> str:
+    """Body of the layout object horizontally nearest to the tool centre point."""
+    tcp = data.site("tcp").xpos
+    return min((o.body for o in layout.objects), key=lambda b: np.hypot(*(tcp[:2] - data.body(b).xpos[:2])))
+
 
 def surface_distance(model, data, geom: str, point: np.ndarray) -> float:
     """Distance (m) from a world point to the surface of a box, sphere or cylinder geom (0 inside)."""
@@ -179,6 +206,11 @@ class Reach(Task):
         tcp = data.site("tcp").xpos
         return surface_distance(model, data, layout.target, tcp) < REACH_SUCCESS_DISTANCE
 
+    def outcome(self, model, data, layout):
+        if self.success(model, data, layout):
+            return "success"
+        return "other object" if _nearest_object(data, layout) != layout.target else "missed"
+
 
 class PickPlace(Task):
     """Pick the named cube and put it in the named bowl.
@@ -227,6 +259,26 @@ class PickPlace(Task):
         inside = np.hypot(*(cube[:2] - bowl[:2])) < BOWL_INNER_RADIUS and 0.0 < cube[2] - bowl[2] < BOWL_MAX_HEIGHT
         return bool(inside and not _touching_fingers(model, data, layout.target))
 
+    def outcome(self, model, data, layout):
+        if self.success(model, data, layout):
+            return "success"
+        if _touching_fingers(model, data, layout.target):
+            return "held"
+        cube = data.body(layout.target).xpos
+        for o in layout.objects:
+            if o.kind == "bowl" and o.body != layout.receptacle:
+                bowl = data.body(o.body).xpos
+                if np.hypot(*(cube[:2] - bowl[:2])) < BOWL_INNER_RADIUS and 0.0 < cube[2] - bowl[2] < BOWL_MAX_HEIGHT:
+                    return "other bowl"
+
+        def moved(o: PlacedObject) -> bool:
+            return bool(np.hypot(*(data.body(o.body).xpos[:2] - np.asarray(o.xy))) > 0.02)
+
+        if moved(layout.object(layout.target)):
+            return "dropped"
+        others = [o for o in layout.objects if o.kind == "cube" and o.body != layout.target]
+        return "other cube" if any(moved(o) for o in others) else "untouched"
+
 
 class PointAbove(Reach):
     """Stop the tool centre point above the named object (the fine-tuning variant of reach, issue 7).
@@ -257,6 +309,18 @@ class PointAbove(Reach):
         velocity = np.zeros(6)  # (angular, linear) in the world frame
         mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_SITE, model.site("tcp").id, velocity, 0)
         return bool(np.linalg.norm(velocity[3:]) < POINT_ABOVE_MAX_SPEED)
+
+    def outcome(self, model, data, layout):
+        if self.success(model, data, layout):
+            return "success"
+        if _nearest_object(data, layout) != layout.target:
+            return "other object"
+        tcp, centre = data.site("tcp").xpos, data.body(layout.target).xpos
+        if np.hypot(*(tcp[:2] - centre[:2])) >= POINT_ABOVE_XY_TOLERANCE:
+            return "missed"
+        if tcp[2] < POINT_ABOVE_HEIGHT - POINT_ABOVE_HEIGHT_TOLERANCE:
+            return "too low"
+        return "too high" if tcp[2] > POINT_ABOVE_HEIGHT + POINT_ABOVE_HEIGHT_TOLERANCE else "moving"
 
 
 def _touching_fingers(model, data, geom: str) -> bool:
