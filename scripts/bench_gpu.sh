@@ -29,8 +29,9 @@ for name, ep, kv in (("cpu", "cpu", "cpu"), ("cuda_kv_gpu", "cuda", "cuda"), ("c
     p = RuntimePolicy.load("models/gato_arm_small", execution_provider=ep, kv_device=kv)
     assert p.provider == ("CPUExecutionProvider" if ep == "cpu" else "CUDAExecutionProvider"), p.provider
     acts = []
+    texts = ["reach the red cube", "put the blue ball in the green bowl", "reach the yellow cylinder"]
     for ep_i in range(3):  # three episodes, 40 ticks each (wraps the 4-step ring many times)
-        p.set_instruction(["reach the red cube", "put the blue ball in the green bowl", "reach the yellow cylinder"][ep_i])
+        p.set_instruction(texts[ep_i])
         for t in range(40):
             acts.append(p.act(obs[(t * 3 + ep_i) % 8]))
     out[name] = np.stack(acts)

@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw this share of the contexts from TASK's episodes (repeatable; the other tasks share "
                         "the rest by their number of windows): a few new demonstrations next to a large replay set")
     parser.add_argument("--freeze", default="", metavar="REGEX",
-                        help="keep the parameters whose names match REGEX fixed, e.g. 'embed\\.patch\\.(?!film)|blocks\\.[01]\\.'"
-                        " (fine-tune the rest; names: embed.token, embed.patch, blocks.N, head, ...)")
+                        help="keep the parameters whose names match REGEX fixed (fine-tune the rest), e.g. "
+                        "'embed\\.patch\\.(?!film)|blocks\\.[01]\\.'; names: embed.token, embed.patch, blocks.N, "
+                        "head, ...")
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")

@@ -113,8 +113,9 @@ class EpisodeSequences:
         return self.tok.tokenize_steps(obs, act, self.cfg.spec)
 
     def draw(self, rng: np.random.Generator, prompt: bool | None = None) -> Sample:
-        """Episode weighted by its number of windows (within its task's share, see `task_weights`), a window start (the episode's first step with probability
-        `start_prob`, else uniform), and a prompt if `prompt` (None: with probability `prompt_prob`).
+        """Episode weighted by its number of windows (within its task's share, see `task_weights`), a window start
+        (the episode's first step with probability `start_prob`, else uniform), and a prompt if `prompt` (None: with
+        probability `prompt_prob`).
 
         Why favour the first step: there the arm is at rest and nothing is in the context yet, so the action can
         only come from the image and the instruction (which object to go to). Later steps can largely be predicted
