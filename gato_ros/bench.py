@@ -340,8 +340,14 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             result["speedup_vs_hf"] = round(hf["p50"] / ours["tick"]["p50"], 2)
             result["speedup_vs_hf_p99"] = round(hf["p99"] / ours["tick"]["p99"], 2)
         say("measure machine")
+        # On a GPU the limits are the GPU's (measured through CuPy, which a GPU-resident cache needs anyway); without
+        # CuPy they are the CPU's, and `machine.limits_of` says so.
         on_gpu = policy.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        lim = gpu_limits() if on_gpu and policy.kv_device == "cuda" else machine_limits(threads, result["precision"])
+        try:
+            lim = dict(gpu_limits(), limits_of="gpu") if on_gpu else None
+        except ImportError:
+            lim = None
+        lim = lim or dict(machine_limits(threads, result["precision"]), limits_of="cpu")
         costs = model_costs(cfg, result["precision"])
         decodes = cfg.spec.action_size - 1  # the bound of sequential decoding, as issue 9 defines it
         bound = (decodes * costs["weight_bytes"] / (lim["mem_bw_gbs"] * 1e9)
