@@ -136,9 +136,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
         return FinetuneDemoConfig(
             bundle=a.bundle, out=a.out, episodes=a.episodes, steps=a.steps, replay_episodes=list(a.replay_episodes),
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, train_seed=a.train_seed,
-            batch_size=a.batch_size,
-            lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob, turn_prob=a.turn_prob,
-            new_task_share=a.new_task_share, freeze=a.freeze, noise=a.noise,
+            batch_size=a.batch_size, lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob,
+            turn_prob=a.turn_prob, new_task_share=a.new_task_share, freeze=a.freeze, noise=a.noise,
             execution_provider=a.execution_provider, export_rollout_steps=a.export_rollout_steps,
             progress=not a.no_progress, json=a.json)
     except ValueError as err:
@@ -287,13 +286,13 @@ class Demo:
         data = [self.out / "data" / NEW_TASK] + ([self.out / "data" / "replay"] if any(self.cfg.replay_episodes)
                                                  else [])
         every = str(max(1, min(250, self.cfg.steps)))
-        share = ["--task-share", f"{NEW_TASK}={self.cfg.new_task_share}"] if self.cfg.new_task_share else []
-        share += ["--freeze", self.cfg.freeze] if self.cfg.freeze else []
-        share += ["--seed", str(self.cfg.train_seed)]
+        extra = ["--task-share", f"{NEW_TASK}={self.cfg.new_task_share}"] if self.cfg.new_task_share else []
+        extra += ["--freeze", self.cfg.freeze] if self.cfg.freeze else []
+        extra += ["--seed", str(self.cfg.train_seed)]
         result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
                                    "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
                                    str(batch), "--lr", str(self.cfg.lr), "--label-sigma", str(sigma),
-                                   "--start-prob", str(start), "--turn-prob", str(turn), *share,
+                                   "--start-prob", str(start), "--turn-prob", str(turn), *extra,
                                    "--val-every", every, "--ckpt-every", every, "--resume", "--json",
                                    *self.progress_flag()]))
         self.facts["train"] = dict(result, batch_size=batch, label_sigma=sigma, lr=self.cfg.lr, start_prob=start,

@@ -116,8 +116,8 @@ class Task:
         raise NotImplementedError
 
     def outcome(self, model, data, layout: Layout) -> str:
-        """How the episode ended, one word or phrase from the task's `OUTCOMES` (evaluations count them): where a
-        failed policy went wrong."""
+        """How the episode ended, a key of `OUTCOME_HELP` (evaluations count them): where a failed policy went
+        wrong."""
         return "success" if self.success(model, data, layout) else "failure"
 
 
@@ -132,7 +132,7 @@ OUTCOME_HELP = {
     "other cube": "the named cube is where it started and another cube was moved",
     "held": "the named cube is still in the gripper",
     "dropped": "the named cube was moved but lies outside both bowls",
-    "untouched": "nothing was moved",
+    "untouched": "no cube was moved",
     "failure": "the task failed (no finer outcome defined)",
 }
 
@@ -254,22 +254,17 @@ class PickPlace(Task):
         )
 
     def success(self, model, data, layout):
-        cube = data.body(layout.target).xpos
-        bowl = data.body(layout.receptacle).xpos
-        inside = np.hypot(*(cube[:2] - bowl[:2])) < BOWL_INNER_RADIUS and 0.0 < cube[2] - bowl[2] < BOWL_MAX_HEIGHT
-        return bool(inside and not _touching_fingers(model, data, layout.target))
+        return _inside_bowl(data, layout.target, layout.receptacle) and not _touching_fingers(model, data,
+                                                                                              layout.target)
 
     def outcome(self, model, data, layout):
         if self.success(model, data, layout):
             return "success"
         if _touching_fingers(model, data, layout.target):
             return "held"
-        cube = data.body(layout.target).xpos
-        for o in layout.objects:
-            if o.kind == "bowl" and o.body != layout.receptacle:
-                bowl = data.body(o.body).xpos
-                if np.hypot(*(cube[:2] - bowl[:2])) < BOWL_INNER_RADIUS and 0.0 < cube[2] - bowl[2] < BOWL_MAX_HEIGHT:
-                    return "other bowl"
+        if any(_inside_bowl(data, layout.target, o.body) for o in layout.objects
+               if o.kind == "bowl" and o.body != layout.receptacle):
+            return "other bowl"
 
         def moved(o: PlacedObject) -> bool:
             return bool(np.hypot(*(data.body(o.body).xpos[:2] - np.asarray(o.xy))) > 0.02)
@@ -321,6 +316,12 @@ class PointAbove(Reach):
         if tcp[2] < POINT_ABOVE_HEIGHT - POINT_ABOVE_HEIGHT_TOLERANCE:
             return "too low"
         return "too high" if tcp[2] > POINT_ABOVE_HEIGHT + POINT_ABOVE_HEIGHT_TOLERANCE else "moving"
+
+
+def _inside_bowl(data, body: str, bowl: str) -> bool:
+    """True if the body's centre lies inside the bowl's rim, below its top (resting in it or dropped into it)."""
+    c, b = data.body(body).xpos, data.body(bowl).xpos
+    return bool(np.hypot(*(c[:2] - b[:2])) < BOWL_INNER_RADIUS and 0.0 < c[2] - b[2] < BOWL_MAX_HEIGHT)
 
 
 def _touching_fingers(model, data, geom: str) -> bool:
