@@ -337,7 +337,8 @@ class Demo:
             keep = ("episodes", "success_rate", "ci95", "mean_steps", "outcomes")
             tasks[t] = {"before": {k: b[k] for k in keep if k in b},
                         "after": {k: a[k] for k in keep if k in a},
-                        "change": a["success_rate"] - b["success_rate"]}
+                        # rounded: 0.7 - 0.8 is -0.10000000000000009, and a drop of exactly 10 points is within 10
+                        "change": round(a["success_rate"] - b["success_rate"], 9)}
         info_bags = dataset_info(o / "data" / NEW_TASK)
         replay = o / "data" / "replay"
         info_replay = dataset_info(replay) if (replay / "dataset.json").is_file() else None
