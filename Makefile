@@ -29,7 +29,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/gato-ros bench --json
 
-# Collect demos, train, export and evaluate the shipped model (scripts/make_model.sh; ~1 h on a 2-core CPU).
+# The 2-core CPU recipe (scripts/make_model.sh; ~90 min): collect demos, train, export into models/gato_arm_small and
+# evaluate. It does not reproduce the shipped bundle, which needs a GPU stage (its model card; `make model-gpu`): the
+# bundle it replaces is kept in runs/gato_arm_small/previous_bundle.
 model: $(STAMP)
 	scripts/make_model.sh
 	$(PY) -m gato_ros.report runs/gato_arm_small models/gato_arm_small

@@ -58,7 +58,10 @@ fi
   --no-progress --resume
 t2=$(date +%s)
 rm -rf "$OUT.tmp" && "$BIN/gato-ros" export --checkpoint "$RUN" --out "$OUT.tmp" --name "$NAME"
-rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+if [ -d "$OUT" ]; then  # the bundle this run replaces (e.g. the shipped one) is kept, not lost
+  rm -rf "$RUN/previous_bundle" && mv "$OUT" "$RUN/previous_bundle" && echo "previous $OUT kept in $RUN/previous_bundle"
+fi
+mv "$OUT.tmp" "$OUT"
 t3=$(date +%s)
 [ "$EVAL" = 1 ] && EVAL_EPISODES="$EVAL_EPISODES" EVAL_SEED="$EVAL_SEED" BIN="$BIN" scripts/eval_model.sh "$OUT" "$RUN"
 t4=$(date +%s)
