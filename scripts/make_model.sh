@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Train the shipped model end to end: collect expert demos -> train -> export -> evaluate (what `make model` runs).
+# The 2-core CPU recipe end to end: collect expert demos -> train -> export -> evaluate (what `make model` runs).
+# The shipped models/gato_arm_small came from a GPU stage plus a CPU fine-tune (its README; scripts/train_gpu.sh);
+# these defaults are the older CPU-only recipe, which does not learn to read the colour word in its budget.
 #
-#   scripts/make_model.sh        # the recipe of models/gato_arm_small (see its README); variables below override
+#   scripts/make_model.sh        # variables below override, e.g. BUDGET_MIN=90 CONFIG=gato-arm-film-coord BATCH=64
 #
 # Every seed is fixed: demos use env seeds from 0 (reach) and from 100000 (pick_place);
 # evaluation uses seeds from 1000000, never seen in training. Budget on a 2-core CPU: see the model card.
