@@ -92,8 +92,13 @@ def test_sim_and_policy_close_the_loop(bundle, interface, sim_time, tmp_path):
         why = (f"; policy ticks seen {len(timing)} (commanded {sum(t[2] > 0.5 for t in timing)}), sim steps "
                f"{steps[0]}..{steps[-1]}\npolicy log:\n{graph.tail('gato_policy')}")
         assert 10 <= len(cmds) <= 64, f"{len(cmds)} commands in 3 s at {RATE} Hz{why}"
-        spacing = np.median(np.diff([t for t, _ in list(probe.commands) if t >= t0]))
-        assert 0.7 / RATE < spacing < 1.6 / RATE, f"median command spacing {spacing * 1e3:.1f} ms{why}"
+        gaps = np.diff([t for t, _ in list(probe.commands) if t >= t0])
+        # Never faster than the rate (median); one period apart while commanding (lower quartile: a stalled
+        # machine makes inference late, and the node then drops that tick's action -- seen once with a median gap of
+        # 124 ms after 199 ms inferences -- which stretches some gaps, not the period).
+        spacing, quartile = np.median(gaps), np.percentile(gaps, 25)
+        assert spacing > 0.7 / RATE, f"median command spacing {spacing * 1e3:.1f} ms{why}"
+        assert quartile < 1.6 / RATE, f"lower-quartile command spacing {quartile * 1e3:.1f} ms{why}"
         assert steps[-1] - steps[0] >= 10
         assert_safe_sequence([c for _, c in probe.commands], STEP)
         # the arm follows the commands: position-controlled joints end up near the last command
