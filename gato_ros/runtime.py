@@ -19,7 +19,7 @@ buffers whole, masked per query (prefix validity; ring slots whose step is insid
 return only the new tokens' keys/values; those of proven tokens are written into the numpy buffers here. The
 buffers, and each call shape's inputs and outputs, are bound to ONNX Runtime once (IO binding over the same
 memory), so nothing proportional to the context is copied per call. On a GPU (CUDA or TensorRT provider) with CuPy
-installed, the cache buffers and the new keys/values live in GPU memory (`kv_device`), bound by pointer the same way
+installed, the cache buffers and the new keys/values live in GPU memory (`kv_device`), bound once by device address
 and written on the device; without CuPy they stay in host memory, and every call copies the cache to the GPU.
 
 Imports neither torch nor rclpy (tested).
@@ -193,15 +193,17 @@ class RuntimePolicy:
             self._bind_kv(b, f"value_{l}", self.values[l])
 
     def _bind_kv(self, b: ort.IOBinding, name: str, arr, output: bool = False) -> None:
-        """Bind a float32 cache-side array (numpy, or CuPy on the GPU) by its address: ONNX Runtime reads or
-        writes that memory in place, so the array must never be reallocated (only written into)."""
+        """Bind a float32 cache-side array (numpy, or CuPy on the GPU, by its device address): ONNX Runtime reads
+        or writes that memory in place, so the array must never be reallocated (only written into)."""
         assert arr.dtype == np.float32 and arr.flags.c_contiguous, name
-        if self._xp is np:
-            where, ptr = ("cpu", 0), arr.ctypes.data
-        else:
-            where, ptr = ("cuda", arr.device.id), arr.data.ptr
+        if self._xp is np:  # host memory: numpy's own bindings (binding by raw pointer here made ROS tests flaky)
+            if output:
+                b.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
+            else:
+                b.bind_cpu_input(name, arr)
+            return
         bind = b.bind_output if output else b.bind_input
-        bind(name, where[0], where[1], np.float32, list(arr.shape), ptr)
+        bind(name, "cuda", arr.device.id, np.float32, list(arr.shape), arr.data.ptr)
 
     # ------------------------------------------------------------------ construction
     @classmethod
