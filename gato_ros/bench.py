@@ -285,7 +285,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
                   precision: str = "fp32", jacobi: bool = True, data: list[str] | None = None,
                   history_steps: int | None = None, kv_device: str = "auto") -> dict[str, Any]:
     """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle."""
-    from gato_ros.runtime import RuntimePolicy
+    from gato_ros.runtime import GPU_PROVIDERS, RuntimePolicy
 
     threads = threads or min(os.cpu_count() or 1, 2)
     say = progress or (lambda msg: None)
@@ -342,7 +342,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         say("measure machine")
         # On a GPU the limits are the GPU's (measured through CuPy, which a GPU-resident cache needs anyway); without
         # CuPy they are the CPU's, and `machine.limits_of` says so.
-        on_gpu = policy.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        on_gpu = policy.provider in GPU_PROVIDERS
         try:
             lim = dict(gpu_limits(), limits_of="gpu") if on_gpu else None
         except ImportError:

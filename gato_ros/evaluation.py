@@ -44,6 +44,15 @@ def percentiles(values: Sequence[float]) -> dict:
             "max": float(a.max())}
 
 
+def failures_text(task_result: dict) -> str | None:
+    """How a task's failed episodes ended, e.g. "other bowl 23, held 2" ("-" when none failed; None when the result
+    has no `outcomes`: `--ros` results and those written before outcomes were counted)."""
+    if "outcomes" not in task_result:
+        return None
+    failed = {k: n for k, n in task_result["outcomes"].items() if k != "success"}
+    return ", ".join(f"{k} {n}" for k, n in failed.items()) or "-"
+
+
 def evaluate(env, policy, tasks: Sequence[str], episodes: int, seed: int = 0, policy_name: str = "policy",
              video=None, video_episodes: int = 2, progress: bool = True,
              on_episode: Callable[[object], None] | None = None,

@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gato_ros.evaluation import failures_text
+
 NEW_TASK = "point_above"
 ORIGINAL_TASKS = ("reach", "pick_place")
 REPLAY_SEEDS = {"reach": 0, "pick_place": 100000}  # the shipped data's seeds (scripts/make_model.sh)
@@ -395,10 +397,9 @@ def report_markdown(s: dict) -> str:
         "| task | before | after | change | failures after |", "|---|---|---|---|---|",
     ]
     for t, r in s["tasks"].items():
-        failed = {k: n for k, n in r["after"].get("outcomes", {}).items() if k != "success"}
         lines.append(f"| {t} | {_pct(r['before']['success_rate'], r['before']['ci95'])} | "
                      f"{_pct(r['after']['success_rate'], r['after']['ci95'])} | {r['change'] * 100:+.0f} points | "
-                     f"{', '.join(f'{k} {n}' for k, n in failed.items()) or '-'} |")
+                     f"{failures_text(r['after']) or 'n/a'} |")
     lines += ["", "Checks (issue 7):", ""]
     lines += [f"- {name.replace('_', ' ')}: {'yes' if ok else 'NO'}" for name, ok in s["checks"].items()]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in s["timing_s"].items()), ""]

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from gato_ros.evaluation import failures_text
+
 
 def _label(r: dict) -> str:
     """A policy's row label: the bundle's name, plus how it ran when that differs from the plain ROS-free eval."""
@@ -54,14 +56,6 @@ def plot_success(results: Sequence[dict], path: str | Path, title: str = "closed
     plt.close(fig)
 
 
-def _failures(t: dict) -> str:
-    """How the failed episodes ended (`outcomes` of `gato-ros eval`; not recorded by `--ros` or older results)."""
-    if "outcomes" not in t:
-        return "n/a"
-    failed = {k: n for k, n in t["outcomes"].items() if k != "success"}
-    return ", ".join(f"{k} {n}" for k, n in failed.items()) or "-"
-
-
 def _table(results: Sequence[dict]) -> str:
     rows = ["| policy | task | episodes | success | 95% CI | mean steps | act() p50 / p99 ms | failures |",
             "|---|---|---|---|---|---|---|---|"]
@@ -72,7 +66,7 @@ def _table(results: Sequence[dict]) -> str:
             rows.append(
                 f"| {_label(r)} | {task} | {t['episodes']} | {t['success_rate']:.0%} | "
                 f"[{lo:.0%}, {hi:.0%}] | {t['mean_steps']:.1f} | "
-                f"{(tick.get('p50') or 0):.2f} / {(tick.get('p99') or 0):.2f} | {_failures(t)} |")
+                f"{(tick.get('p50') or 0):.2f} / {(tick.get('p99') or 0):.2f} | {failures_text(t) or 'n/a'} |")
     return "\n".join(rows)
 
 

@@ -45,6 +45,7 @@ PROVIDER_ORDER = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
 }
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # sessions whose cache can live on the GPU
 NEG_INF = np.float32(-np.inf)
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
@@ -69,7 +70,7 @@ def _kv_device(kv_device: str, provider: str) -> str:
     "auto": on the GPU when both are there, else in host memory."""
     if kv_device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"kv_device={kv_device!r}: choose auto, cpu or cuda")
-    on_gpu = provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    on_gpu = provider in GPU_PROVIDERS
     if kv_device == "cpu" or (kv_device == "auto" and not on_gpu):
         return "cpu"
     if not on_gpu:
@@ -378,7 +379,7 @@ class RuntimePolicy:
             mask[0, P:self._C] = np.where((rs >= 0) & (rs > t - 1 - K), 0.0, NEG_INF)
         self.sessions[cs.graph].run_with_iobinding(cs.binding)
         self.graph_calls += 1
-        return cs.out["logits"]
+        return cs.logits
 
     def _write(self, cs: "_CallSet", n: int) -> None:
         """Write the keys/values of the call's first n tokens into their ring slots (one slice copy per layer
@@ -515,8 +516,8 @@ class _CallSet:
             b.bind_cpu_input(k, arr)
         policy._bind_cache(b)
         rows = min(T, cfg.spec.action_size)
-        self.out = {"logits": np.zeros((rows, cfg.tokenizer.num_bins), np.float32)}  # read on the host
-        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.out["logits"]))
+        self.logits = np.zeros((rows, cfg.tokenizer.num_bins), np.float32)  # read on the host
+        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
         # The new tokens' keys/values stay where the cache lives (copied into it by `_write`).
         self.new_k = policy._xp.zeros((L, H, T, Dh), np.float32)
         self.new_v = policy._xp.zeros((L, H, T, Dh), np.float32)

@@ -92,13 +92,8 @@ def test_sim_and_policy_close_the_loop(bundle, interface, sim_time, tmp_path):
         why = (f"; policy ticks seen {len(timing)} (commanded {sum(t[2] > 0.5 for t in timing)}), sim steps "
                f"{steps[0]}..{steps[-1]}\npolicy log:\n{graph.tail('gato_policy')}")
         assert 10 <= len(cmds) <= 64, f"{len(cmds)} commands in 3 s at {RATE} Hz{why}"
-        gaps = np.diff([t for t, _ in list(probe.commands) if t >= t0])
-        # Never faster than the rate (median); one period apart while commanding (lower quartile: a stalled
-        # machine makes inference late, and the node then drops that tick's action -- seen once with a median gap of
-        # 124 ms after 199 ms inferences -- which stretches some gaps, not the period).
-        spacing, quartile = np.median(gaps), np.percentile(gaps, 25)
-        assert spacing > 0.7 / RATE, f"median command spacing {spacing * 1e3:.1f} ms{why}"
-        assert quartile < 1.6 / RATE, f"lower-quartile command spacing {quartile * 1e3:.1f} ms{why}"
+        spacing = np.median(np.diff([t for t, _ in list(probe.commands) if t >= t0]))
+        assert 0.7 / RATE < spacing < 1.6 / RATE, f"median command spacing {spacing * 1e3:.1f} ms{why}"
         assert steps[-1] - steps[0] >= 10
         assert_safe_sequence([c for _, c in probe.commands], STEP)
         # the arm follows the commands: position-controlled joints end up near the last command
@@ -157,11 +152,6 @@ def test_ros_path_reproduces_the_direct_episode_action_for_action(bundle, tmp_pa
         graph.close()
         rclpy.try_shutdown()
     assert rec.steps == direct.steps and rec.success == direct.success and rec.instruction == direct.instruction
-    # The episode's commands start with the answer to its first frame; on a loaded machine a command or two that
-    # answered frames from before the reset can still arrive after t0 (seen once: 62 commands for 60 steps).
-    first = [i for i in range(min(3, len(commands))) if np.allclose(commands[i], direct.actions[0], rtol=0, atol=1e-9)]
-    assert first, f"none of the first commands is the episode's first action: {commands[:3]}"
-    commands = commands[first[0]:]
     # the sim stops stepping at the budget; the policy may answer the last frame too
     assert len(commands) in (direct.steps, direct.steps + 1), f"{len(commands)} commands for {direct.steps} steps"
     np.testing.assert_allclose(commands[: direct.steps], direct.actions, rtol=0, atol=1e-9)

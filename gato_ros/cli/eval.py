@@ -97,6 +97,7 @@ def run(args) -> int:
     import sys
 
     from gato_ros.cli.collect import resolve_tasks
+    from gato_ros.evaluation import failures_text
 
     tasks = resolve_tasks(args.task)
     if args.episodes < 1:
@@ -163,9 +164,9 @@ def run(args) -> int:
             lo, hi = t["ci95"]
             print(f"{task:12s} success {t['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] over {t['episodes']} episodes, "
                   f"mean {t['mean_steps']:.1f} steps", file=sys.stdout)
-            failed = {k: n for k, n in t.get("outcomes", {}).items() if k != "success"}
-            if failed:  # where the failures went (gato_ros.sim.tasks.OUTCOME_HELP)
-                print(f"{'':12s} failures: " + ", ".join(f"{k} {n}" for k, n in failed.items()))
+            failed = failures_text(t)
+            if failed not in (None, "-"):  # where the failures went (gato_ros.sim.tasks.OUTCOME_HELP)
+                print(f"{'':12s} failures: {failed}")
         tick = result["tick_ms"]
         if tick.get("p50") is not None:
             print(f"policy tick p50 {tick['p50']:.2f} ms, p99 {tick['p99']:.2f} ms")
