@@ -9,7 +9,8 @@
 | 3 bags -> data | `gato-ros dataset from-bags` with the bundle's joints, image size and rate | data/point_above/ |
 | 4 replay | `gato-ros collect` of the original tasks at the shipped data's seeds (reach from 0, pick_place from 100000) so fine-tuning does not forget them | data/replay/ |
 | 5 fine-tune | `gato-ros train --init BUNDLE --data data/point_above --data data/replay` | run/ |
-| 6 export | `gato-ros export` (ONNX checked against torch) | bundle/ |
+| (with --select-every N) choose | every N steps' weights exported and evaluated on validation episodes (seeds from 3000000); `choose_snapshot` picks one | select/, select.json |
+| 6 export | `gato-ros export` (ONNX checked against torch) of the last step or the chosen snapshot | bundle/ |
 | 7 eval after | the same evaluation, same held-out seeds (from 1000000) | eval_after.json |
 
 Then `summary.json` (before/after success with Wilson 95% intervals per task, the issue's checks, timings) and
@@ -40,6 +41,7 @@ ORIGINAL_TASKS = ("reach", "pick_place")
 REPLAY_SEEDS = {"reach": 0, "pick_place": 100000}  # the shipped data's seeds (scripts/make_model.sh)
 RECORD_SEED = 200000  # demonstrations: apart from the shipped data and from evaluation
 EVAL_SEED = 1_000_000  # gato-ros eval's held-out seeds
+SELECT_SEED = 3_000_000  # validation episodes for choosing a snapshot: apart from all of the above and the prompts'
 
 
 @dataclass
@@ -80,6 +82,12 @@ class FinetuneDemoConfig:
     """Regex of parameter names kept fixed while fine-tuning (`train --freeze`); empty: all are trained."""
     noise: float = 0.01
     """Executed-action noise of the expert (rad; labels stay clean: DART), for demos and replay alike."""
+    select_every: int = 0
+    """> 0: keep the weights every this many steps and export the snapshot that does best on validation episodes
+    (`choose_snapshot`); 0: export the last step."""
+    select_episodes: int = 30
+    """Validation episodes per task for choosing a snapshot, seeds from select_seed."""
+    select_seed: int = SELECT_SEED
     execution_provider: str = "auto"
     export_rollout_steps: int = 0
     """Cached-decoding steps of the export check; 0: export's default (the ring buffer wraps twice)."""
@@ -89,8 +97,14 @@ class FinetuneDemoConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.episodes <= 50:
             raise ValueError(f"--episodes {self.episodes}: the demonstration records 1..50 episodes (issue 7)")
-        if self.steps < 1 or self.eval_episodes < 1:
-            raise ValueError("--steps and --eval-episodes must be >= 1")
+        if self.steps < 1 or self.eval_episodes < 1 or self.select_episodes < 1:
+            raise ValueError("--steps, --eval-episodes and --select-episodes must be >= 1")
+        if self.select_every < 0:
+            raise ValueError(f"--select-every {self.select_every}: must be >= 0 (0: no selection)")
+        if self.select_every and self.select_seed < self.eval_seed + self.eval_episodes and \
+                self.eval_seed < self.select_seed + self.select_episodes:
+            raise ValueError(f"--select-seed {self.select_seed}: its episodes overlap the evaluation's (from "
+                             f"{self.eval_seed}); choosing on them would grade the choice on its own data")
         if len(self.replay_episodes) != 2 or min(self.replay_episodes) < 0:
             raise ValueError("--replay-episodes takes two counts >= 0: reach and pick_place")
         if not 0 <= self.new_task_share < 1:
@@ -128,6 +142,14 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
                    help="parameters kept fixed while fine-tuning (train --freeze; default: none)")
     p.add_argument("--noise", type=float, default=d["noise"].default,
                    help="expert action noise, rad (default %(default)s)")
+    p.add_argument("--select-every", type=int, default=0, metavar="N",
+                   help="keep the weights every N steps and export the snapshot that does best on validation "
+                   "episodes: most new-task success among those keeping the original tasks within 10 points of "
+                   "the bundle's (default 0: export the last step)")
+    p.add_argument("--select-episodes", type=int, default=d["select_episodes"].default,
+                   help="validation episodes per task for --select-every (default %(default)s)")
+    p.add_argument("--select-seed", type=int, default=SELECT_SEED,
+                   help="first validation seed for --select-every (default %(default)s)")
     p.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     p.add_argument("--export-rollout-steps", type=int, default=0,
                    help="steps of export's ONNX-vs-torch rollout check (default: export's)")
@@ -140,6 +162,7 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
             eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, record_seed=a.record_seed, train_seed=a.train_seed,
             batch_size=a.batch_size, lr=a.lr, label_sigma=a.label_sigma, start_prob=a.start_prob,
             turn_prob=a.turn_prob, new_task_share=a.new_task_share, freeze=a.freeze, noise=a.noise,
+            select_every=a.select_every, select_episodes=a.select_episodes, select_seed=a.select_seed,
             execution_provider=a.execution_provider, export_rollout_steps=a.export_rollout_steps,
             progress=not a.no_progress, json=a.json)
     except ValueError as err:
@@ -181,6 +204,20 @@ def label_agreement(dataset: Path, commands: Path) -> float:
     return equal / total if total else 0.0
 
 
+def choose_snapshot(before: dict[str, float], rows: list[dict], keep_within: float = 0.10) -> int:
+    """Index of the snapshot to export, from validation success rates (`rows[i]["rates"]`, per task; `before`: the
+    starting bundle's on the same episodes): the most new-task success among the snapshots whose original tasks
+    each stay within `keep_within` of `before`; if none does, the smallest worst drop, then the most new-task
+    success. Ties go to the later snapshot (more training on the same evidence)."""
+    def key(i: int) -> tuple:
+        r = rows[i]["rates"]
+        worst = max(round(before[t] - r[t], 9) for t in ORIGINAL_TASKS)  # rounded: 0.8 - 0.7 is a 10-point drop
+        return (worst <= keep_within, r[NEW_TASK] if worst <= keep_within else -worst,
+                r[NEW_TASK], rows[i]["step"])
+
+    return max(range(len(rows)), key=key)
+
+
 class Demo:
     """The stages of the module docstring over one run directory."""
 
@@ -194,6 +231,7 @@ class Demo:
         self.timing: dict[str, float] = json.loads(self._timing_file.read_text()) if self._timing_file.is_file() else {}
         self.facts: dict = {}
         self._stage = 0
+        self._stages = 8 if cfg.select_every else 7
 
     def _check_same_run(self) -> None:
         """Skipping finished stages is only right for the same bundle and settings: refuse anything else."""
@@ -218,24 +256,25 @@ class Demo:
         """Run `fn()` unless `done` exists (a finished earlier run); time it."""
         self._stage += 1
         if done.exists():
-            self.log(f"{self._stage}/7 {name}: done earlier ({done}), skipped")
+            self.log(f"{self._stage}/{self._stages} {name}: done earlier ({done}), skipped")
             return
-        self.log(f"{self._stage}/7 {name} ...")
+        self.log(f"{self._stage}/{self._stages} {name} ...")
         t0 = time.perf_counter()
         fn()
         self.timing[name] = round(time.perf_counter() - t0, 1)
         self._timing_file.write_text(json.dumps(self.timing) + "\n")
-        self.log(f"{self._stage}/7 {name}: {self.timing[name]:.0f} s")
+        self.log(f"{self._stage}/{self._stages} {name}: {self.timing[name]:.0f} s")
 
     def progress_flag(self) -> list[str]:
         return [] if self.cfg.progress else ["--no-progress"]
 
     # ---- stages ----------------------------------------------------------------------------------------------
-    def evaluate(self, bundle: Path | str, path: Path) -> None:
+    def evaluate(self, bundle: Path | str, path: Path, episodes: int = 0, seed: int | None = None) -> None:
+        """`gato-ros eval` of the three tasks into `path`: the held-out evaluation, or other episodes/seeds."""
         tasks = [NEW_TASK, *ORIGINAL_TASKS]
         _gato(["eval", "--policy", str(bundle), *sum((["--task", t] for t in tasks), []), "--episodes",
-               str(self.cfg.eval_episodes), "--seed", str(self.cfg.eval_seed), "--execution-provider",
-               self.cfg.execution_provider, "--out", str(path), *self.progress_flag()])
+               str(episodes or self.cfg.eval_episodes), "--seed", str(self.cfg.eval_seed if seed is None else seed),
+               "--execution-provider", self.cfg.execution_provider, "--out", str(path), *self.progress_flag()])
 
     def record(self) -> None:
         from gato_ros.ros.expert_driver import record_demonstrations
@@ -290,6 +329,7 @@ class Demo:
         every = str(max(1, min(250, self.cfg.steps)))
         extra = ["--task-share", f"{NEW_TASK}={self.cfg.new_task_share}"] if self.cfg.new_task_share else []
         extra += ["--freeze", self.cfg.freeze] if self.cfg.freeze else []
+        extra += ["--keep-every", str(self.cfg.select_every)] if self.cfg.select_every else []
         extra += ["--seed", str(self.cfg.train_seed)]
         result = _last_json(_gato(["train", "--init", self.cfg.bundle, *sum((["--data", str(d)] for d in data), []),
                                    "--out", str(self.out / "run"), "--steps", str(self.cfg.steps), "--batch-size",
@@ -301,12 +341,47 @@ class Demo:
                                    turn_prob=turn, new_task_share=self.cfg.new_task_share, freeze=self.cfg.freeze)
         (self.out / "train.json").write_text(json.dumps(self.facts["train"], indent=1) + "\n")
 
+    def select(self) -> None:
+        """Every kept snapshot exported and run on the validation episodes; the choice goes to select.json."""
+        from gato_ros.model.train import SNAPSHOTS
+
+        d = self.out / "select"  # one JSON per evaluation: an interrupted selection resumes
+        d.mkdir(exist_ok=True)
+        seed, n = self.cfg.select_seed, self.cfg.select_episodes
+
+        def rates(path: Path) -> dict[str, float]:
+            return {t: r["success_rate"] for t, r in json.loads(path.read_text())["tasks"].items()}
+
+        if not (d / "before.json").is_file():
+            self.evaluate(self.cfg.bundle, d / "before.json", n, seed)
+        rows = []
+        for snap in sorted((self.out / "run" / SNAPSHOTS).glob("step_*.pt")):
+            result = d / f"{snap.stem}.json"
+            if not result.is_file():
+                bundle = d / snap.stem
+                shutil.rmtree(bundle, ignore_errors=True)
+                _gato(["export", "--checkpoint", str(snap), "--out", str(bundle), "--rollout-steps", "4", "--json"])
+                self.evaluate(bundle, result, n, seed)
+                shutil.rmtree(bundle)  # the chosen one is exported again, with the full check, by the next stage
+            rows.append({"step": int(snap.stem.split("_")[1]), "snapshot": str(snap), "rates": rates(result)})
+        if not rows:
+            raise RuntimeError(f"no snapshots under {self.out / 'run' / SNAPSHOTS}: was the run trained with "
+                               "--keep-every?")
+        before = rates(d / "before.json")
+        best = choose_snapshot(before, rows)
+        (self.out / "select.json").write_text(json.dumps(
+            {"episodes_per_task": n, "seeds": [seed, seed + n - 1], "before": before, "snapshots": rows,
+             "chosen": rows[best]}, indent=1) + "\n")
+
     def export(self) -> None:
         tmp = self.out / "bundle.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         name = f"{self.meta.get('name', 'gato')}_{NEW_TASK}"
         check = ["--rollout-steps", str(self.cfg.export_rollout_steps)] if self.cfg.export_rollout_steps else []
-        _gato(["export", "--checkpoint", str(self.out / "run"), "--out", str(tmp), "--name", name, "--json", *check])
+        source = str(self.out / "run")
+        if self.cfg.select_every:
+            source = json.loads((self.out / "select.json").read_text())["chosen"]["snapshot"]
+        _gato(["export", "--checkpoint", source, "--out", str(tmp), "--name", name, "--json", *check])
         tmp.rename(self.out / "bundle")
 
     # ---- the whole loop ---------------------------------------------------------------------------------------
@@ -319,6 +394,9 @@ class Demo:
         self.stage("bags -> dataset", o / "data" / NEW_TASK, self.from_bags)
         self.stage("replay data of the original tasks", o / "data" / "replay", self.replay)
         self.stage(f"fine-tune {self.cfg.steps} steps from {self.cfg.bundle}", o / "train.json", self.train)
+        if self.cfg.select_every:
+            self.stage(f"choose a snapshot on {self.cfg.select_episodes} validation episodes per task",
+                       o / "select.json", self.select)
         self.stage("export", o / "bundle" / "gato.json", self.export)
         self.stage("eval after", o / "eval_after.json", lambda: self.evaluate(o / "bundle", o / "eval_after.json"))
         summary = self.summarise(time.perf_counter() - t0)
@@ -357,6 +435,7 @@ class Demo:
                 set(info_bags) == set(info_replay) and info_bags["joint_names"] == info_replay["joint_names"]
                 and info_bags["image_size"] == info_replay["image_size"] and info_bags["fps"] == info_replay["fps"])
         train = json.loads((o / "train.json").read_text()) if (o / "train.json").is_file() else {}
+        selection = json.loads((o / "select.json").read_text()) if self.cfg.select_every else None
         return {
             "new_task": NEW_TASK,
             "bundle_before": self.cfg.bundle,
@@ -370,6 +449,7 @@ class Demo:
                            labels_equal_to_sent_commands=from_bags.get("labels_equal_to_sent_commands")),
             "datasets": {"bags": info_bags, "replay": info_replay},
             "train": train,
+            "selection": selection,
             "config": asdict(self.cfg),
             "timing_s": dict(self.timing, total=round(sum(self.timing.values()), 1), this_run=round(wall, 1)),
         }
@@ -400,6 +480,16 @@ def report_markdown(s: dict) -> str:
         lines.append(f"| {t} | {_pct(r['before']['success_rate'], r['before']['ci95'])} | "
                      f"{_pct(r['after']['success_rate'], r['after']['ci95'])} | {r['change'] * 100:+.0f} points | "
                      f"{failures_text(r['after']) or 'n/a'} |")
+    sel = s.get("selection")
+    if sel:
+        tasks = list(sel["before"])
+        lines += ["", f"Exported: the weights of step {sel['chosen']['step']}, chosen among {len(sel['snapshots'])} "
+                  f"snapshots on {sel['episodes_per_task']} validation episodes per task (seeds {sel['seeds'][0]}.."
+                  f"{sel['seeds'][1]}; `choose_snapshot`):", "",
+                  "| step | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks),
+                  "| before | " + " | ".join(f"{sel['before'][t]:.0%}" for t in tasks) + " |"]
+        lines += [f"| {r['step']}{' (chosen)' if r['step'] == sel['chosen']['step'] else ''} | "
+                  + " | ".join(f"{r['rates'][t]:.0%}" for t in tasks) + " |" for r in sel["snapshots"]]
     lines += ["", "Checks (issue 7):", ""]
     lines += [f"- {name.replace('_', ' ')}: {'yes' if ok else 'NO'}" for name, ok in s["checks"].items()]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in s["timing_s"].items()), ""]

@@ -20,7 +20,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
            "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--freeze", r"^embed\.token",
-           "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
+           "--select-every", "1", "--select-episodes", "1", "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -55,13 +55,41 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert (summary["train"]["turn_prob"], summary["train"]["start_prob"]) == (0.5, 0.0)
     assert recipe["task_share"] == {"point_above": 0.5} and summary["train"]["new_task_share"] == 0.5
     assert recipe["freeze"] == summary["train"]["freeze"] == r"^embed\.token"
+    # Weights kept every step; each snapshot exported and run on the validation seeds; the chosen one exported.
+    sel = summary["selection"]
+    assert sel == json.loads((out / "select.json").read_text()) and sel["seeds"] == [3000000, 3000000]
+    assert [r["step"] for r in sel["snapshots"]] == [1, 2] and sel["chosen"] in sel["snapshots"]
+    assert all(set(r["rates"]) == {"point_above", "reach", "pick_place"} for r in sel["snapshots"])
+    assert sorted(p.name for p in (out / "select").iterdir()) == ["before.json", "step_000001.json",
+                                                                   "step_000002.json"]  # temporary bundles gone
+    assert json.loads((out / "select" / "before.json").read_text())["seed"] == 3000000
+    assert "chosen among 2 snapshots" in (out / "report.md").read_text()
+    meta = json.loads((out / "bundle" / "gato.json").read_text())
+    assert meta["provenance"]["step"] == sel["chosen"]["step"]
     assert (out / "bundle" / "gato.json").is_file() and (out / "bundle" / "decode.onnx").is_file()
     assert json.loads((out / "eval_after.json").read_text())["policy"] == str(out / "bundle")
     report = (out / "report.md").read_text()
     assert "| point_above |" in report and "Wilson" in report
     # A second run finds every stage done and only rewrites the summary.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stderr.count("skipped") == 7, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("skipped") == 8, again.stderr[-2000:]
     # Other settings in the same directory would reuse stale stages: refused, naming what differs.
     other = subprocess.run(cmd[:-2] + ["--steps", "3", "--json"], capture_output=True, text=True, timeout=300)
     assert other.returncode != 0 and "other settings (steps)" in other.stderr
+
+
+def test_choose_snapshot():
+    from gato_ros.finetune_demo import choose_snapshot
+
+    before = {"point_above": 0.0, "reach": 1.0, "pick_place": 0.8}
+
+    def rows(*rates):
+        return [{"step": 100 * (i + 1), "rates": dict(zip(("point_above", "reach", "pick_place"), r))}
+                for i, r in enumerate(rates)]
+
+    # The best new-task rate among those keeping the original tasks within 10 points (a drop of exactly 10 keeps).
+    assert choose_snapshot(before, rows((0.9, 1.0, 0.5), (0.6, 0.9, 0.7), (0.5, 1.0, 0.8))) == 1
+    # Ties go to the later snapshot.
+    assert choose_snapshot(before, rows((0.6, 1.0, 0.8), (0.6, 1.0, 0.75))) == 1
+    # None keeps them: the smallest worst drop first, the new task second.
+    assert choose_snapshot(before, rows((0.9, 0.5, 0.8), (0.1, 1.0, 0.6), (0.3, 0.8, 0.8))) == 2

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
     parser.add_argument("--val-every", type=int, default=d.val_every)
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    parser.add_argument("--keep-every", type=int, default=0, metavar="N",
+                        help="also keep the weights every N steps (and at the end) as RUN/snapshots/step_NNNNNN.pt, "
+                        "each loadable by export / --init (default 0: only RUN/checkpoint.pt)")
     parser.add_argument("--seed", type=int, default=d.seed, help="one seed for python, numpy and torch")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per process (0: cores / processes, but 1 when that is <= 2: on a shared "
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
         freeze=args.freeze,
         label_sigma=args.label_sigma,
-        val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+        val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, keep_every=args.keep_every,
+        seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,
         progress=not args.no_progress,
     )

@@ -33,6 +33,7 @@ from gato_ros.model.model import GatoModel
 from gato_ros.sequence import ActionNormalizer
 
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"  # RUN/snapshots/step_NNNNNN.pt: weights kept every `keep_every` steps
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     val_every: int = 200
     val_batches: int = 4
     ckpt_every: int = 500
+    keep_every: int = 0  # > 0: also keep the weights every this many steps as RUN/snapshots/step_NNNNNN.pt
     seed: int = 0
     action_margin: float = 0.1  # action ranges widened by this share of the data's span per side
     threads: int = 0  # torch intra-op threads per process (0: see `default_threads`)
@@ -75,8 +77,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must be >= 1")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
             raise ValueError(f"TrainConfig: need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
-        if self.workers < 0 or self.minutes < 0:
-            raise ValueError(f"TrainConfig: workers={self.workers} and minutes={self.minutes} must be >= 0")
+        if self.workers < 0 or self.minutes < 0 or self.keep_every < 0:
+            raise ValueError(f"TrainConfig: workers={self.workers}, minutes={self.minutes} and "
+                             f"keep_every={self.keep_every} must be >= 0")
         for f in ("prompt_prob", "start_prob", "turn_prob"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must lie in [0, 1]")
@@ -382,6 +385,14 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
 
+    def keep() -> None:
+        """A snapshot of the weights alone (no optimiser state: half the size), for choosing among them later."""
+        path = out / SNAPSHOTS / f"step_{step:06d}.pt"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(dict(meta, model=model.state_dict(), step=step), tmp)
+        os.replace(tmp, path)
+
     from tqdm import tqdm
 
     bar = tqdm(total=tc.steps, initial=step, disable=not (is_main and tc.progress), desc="train",
@@ -433,6 +444,8 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
             print(f"step {step}: train {train_loss:.4f} val {val_loss:.4f} bin error {row['val_bin_err']:.1f}",
                   flush=True)
         bar.update(1)
+        if is_main and tc.keep_every and (step % tc.keep_every == 0 or step == tc.steps):
+            keep()
         if step % tc.ckpt_every == 0 or step == tc.steps:
             if is_main:
                 save(out / CHECKPOINT, val_loss)
@@ -445,6 +458,8 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
                     "tokens_per_s": float("nan"), "elapsed_s": time.perf_counter() - t_start, "val_bin_err": val_err})
         if is_main:
             save(out / CHECKPOINT, val_loss)
+            if tc.keep_every:
+                keep()
             logger.plot(out)
     if distributed:
         dist.barrier()
