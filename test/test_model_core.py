@@ -326,3 +326,44 @@ def test_grounding_toy_runs_and_names_one_of_two_squares(capsys):
     assert {ep.instruction for ep in eps} == {"reach the red goal", "reach the blue goal"}
     assert toy.main(["--steps", "2"]) == 0
     assert "first-step joint-0 error" in capsys.readouterr().out
+
+
+def test_shift_images_moves_content_and_repeats_the_edges():
+    from gato_ros.model.data import shift_images
+
+    imgs = np.arange(2 * 5 * 6 * 3, dtype=np.uint8).reshape(2, 5, 6, 3)
+    assert shift_images(imgs, 0, 0) is imgs
+    out = shift_images(imgs, 2, -1)  # down 2, left 1
+    assert out.shape == imgs.shape
+    assert np.array_equal(out[:, 2:, :-1], imgs[:, :-2, 1:])  # content moved
+    assert np.array_equal(out[:, 0], out[:, 2]) and np.array_equal(out[:, :, -1], out[:, :, -2])  # edges repeated
+    with pytest.raises(ValueError, match="does not fit"):
+        shift_images(imgs, 5, 0)
+
+
+def test_image_shift_moves_training_windows_only():
+    from gato_ros.model.data import shift_images
+
+    cfg, _ = _tiny()
+    eps = synthetic_episodes(3, 10)
+    norm = fit_normalizer(eps, cfg.action_mode)
+    plain = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0)
+    shifted = EpisodeSequences(eps, cfg, norm, prompt_prob=0.0, image_shift=3)
+    s = plain.draw(np.random.default_rng(0))
+    # Validation contexts (no generator) are never shifted; without image_shift training ones are not either.
+    assert np.array_equal(shifted.context(s, None)["patches"], plain.context(s, None)["patches"])
+    assert np.array_equal(plain.context(s, np.random.default_rng(1))["patches"], plain.context(s, None)["patches"])
+    moved = 0
+    for seed in range(8):  # each training window: its images moved by one offset drawn in [-3, 3]
+        dy, dx = np.random.default_rng(seed).integers(-3, 4, size=2)
+        got = shifted.context(s, np.random.default_rng(seed))["patches"]
+        ep, n = eps[s.episode], cfg.window_steps
+        obs = {k: np.asarray(v[s.start:s.start + n]) for k, v in ep.observations.items()}
+        obs["image"] = shift_images(obs["image"], int(dy), int(dx))
+        want = shifted.tok.tokenize_steps(obs, norm.normalize(np.asarray(ep.actions[s.start:s.start + n]),
+                                                              obs["joint_pos"]), cfg.spec).patches
+        assert np.array_equal(got, want.reshape(got.shape))
+        moved += (dy, dx) != (0, 0) and not np.array_equal(got, plain.context(s, None)["patches"])
+    assert moved >= 6
+    with pytest.raises(ValueError, match="image_shift"):
+        EpisodeSequences(eps, cfg, norm, image_shift=-1)

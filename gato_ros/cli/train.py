@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the parameters whose names match REGEX fixed (fine-tune the rest), e.g. "
                         "'embed\\.patch\\.(?!film)|blocks\\.[01]\\.'; names: embed.token, embed.patch, blocks.N, "
                         "head, ...")
+    parser.add_argument("--image-shift", type=int, default=0, metavar="PX",
+                        help="augmentation: move each training window's images by a random offset of up to PX "
+                        "pixels, edges repeated (0: none, default; validation is never shifted)")
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, max(1, args.steps // 5)),
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
         start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
-        freeze=args.freeze,
+        freeze=args.freeze, image_shift=args.image_shift,
         label_sigma=args.label_sigma,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, keep_every=args.keep_every,
         seed=args.seed,

@@ -69,12 +69,26 @@ class Sample:
     prompt_start: int
 
 
+def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W, C) images moved by (dy, dx) pixels, the uncovered border filled with the edge pixels (random-shift
+    augmentation as in DrQ, Kostrikov et al. 2020: a few demonstrations then teach positions relative to what is
+    seen, not exact pixel coordinates)."""
+    if dy == 0 and dx == 0:
+        return images
+    h, w = images.shape[1:3]
+    if abs(dy) >= h or abs(dx) >= w:
+        raise ValueError(f"shift ({dy}, {dx}) does not fit {h}x{w} images")
+    p = max(abs(dy), abs(dx))
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+    return np.ascontiguousarray(padded[:, p - dy:p - dy + h, p - dx:p - dx + w])
+
+
 class EpisodeSequences:
     """Samples fixed-size training contexts from episodes. Deterministic given the generator passed in."""
 
     def __init__(self, episodes: Sequence[Any], cfg: GatoConfig, normalizer: ActionNormalizer,
                  prompt_prob: float = 0.25, start_prob: float = 0.0, turn_prob: float = 0.0,
-                 task_share: Mapping[str, float] | None = None):
+                 task_share: Mapping[str, float] | None = None, image_shift: int = 0):
         spec = check_episodes(episodes)
         if spec != cfg.spec:
             raise ValueError(f"episodes have layout {spec.to_dict()}, the model config expects {cfg.spec.to_dict()}")
@@ -90,6 +104,9 @@ class EpisodeSequences:
         if not 0.0 <= turn_prob <= 1.0 or start_prob + turn_prob > 1.0:
             raise ValueError(f"turn_prob={turn_prob}: must lie in [0, 1], and start_prob + turn_prob <= 1")
         self.turn_prob = turn_prob
+        if image_shift < 0:
+            raise ValueError(f"image_shift={image_shift}: must be >= 0 (pixels)")
+        self.image_shift = int(image_shift)
         self.turns = np.array([sharpest_turn(ep) for ep in episodes]) if turn_prob else None
         self.lengths = np.array([len(ep.actions) for ep in episodes])
         self.by_task: dict[str, list[int]] = {}
@@ -105,10 +122,14 @@ class EpisodeSequences:
     def __len__(self) -> int:
         return len(self.episodes)
 
-    def tokens(self, i: int, start: int, n: int):
-        """TimestepTokens of steps [start, start+n) of episode i (actions normalised)."""
+    def tokens(self, i: int, start: int, n: int, rng: np.random.Generator | None = None):
+        """TimestepTokens of steps [start, start+n) of episode i (actions normalised); with `rng` and an
+        `image_shift`, the window's images are moved by one random offset (`shift_images`)."""
         ep = self.episodes[i]
         obs = {k: np.asarray(ep.observations[k][start:start + n]) for k in ("image",) + OBS_KEYS}
+        if rng is not None and self.image_shift:
+            dy, dx = rng.integers(-self.image_shift, self.image_shift + 1, size=2)
+            obs["image"] = shift_images(obs["image"], int(dy), int(dx))
         act = self.norm.normalize(np.asarray(ep.actions[start:start + n]), obs["joint_pos"])
         return self.tok.tokenize_steps(obs, act, self.cfg.spec)
 
@@ -148,10 +169,10 @@ class EpisodeSequences:
 
     def context(self, s: Sample, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         N = self.cfg.window_steps
-        steps = self.tokens(s.episode, s.start, N)
+        steps = self.tokens(s.episode, s.start, N, rng)
         prompt = None
         if s.prompt_episode is not None:
-            prompt = self.tokens(s.prompt_episode, s.prompt_start, self.cfg.prompt_steps)
+            prompt = self.tokens(s.prompt_episode, s.prompt_start, self.cfg.prompt_steps, rng)
         return self.builder.build(self._text[s.episode], steps, s.start, prompt, n_steps=N, rng=rng,
                                   text_feat=self._text_feat[s.episode])
 

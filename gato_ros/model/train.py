@@ -57,6 +57,7 @@ class TrainConfig:
     turn_prob: float = 0.0  # share of training contexts that hold the episode's sharpest turn (data.sharpest_turn)
     task_share: dict[str, float] = field(default_factory=dict)  # {task: share of contexts} (data.task_weights)
     freeze: str = ""  # regex: parameters whose names match it keep their values (fine-tuning part of a model)
+    image_shift: int = 0  # > 0: each training window's images moved by up to this many pixels (data.shift_images)
     label_sigma: float = 0.0  # > 0: Gaussian target over neighbouring action bins (std in bins); 0: Gato one-hot
     val_fraction: float = 0.1
     val_every: int = 200
@@ -323,7 +324,8 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     val_eps = [episodes[i] for i in val_idx] or train_eps
     if norm is None:
         norm = fit_normalizer(train_eps, cfg.action_mode, tc.action_margin)
-    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob, tc.turn_prob, tc.task_share)
+    data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob, tc.turn_prob, tc.task_share,
+                            tc.image_shift)
     val_data = EpisodeSequences(val_eps, cfg, norm, tc.prompt_prob)  # uniform starts: comparable across recipes
     val_batches = [_to_torch(b, device) for b in val_data.fixed_batches(tc.seed + 12345, tc.val_batches,
                                                                          tc.batch_size)]
