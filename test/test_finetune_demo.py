@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,8 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
            "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--freeze", r"^embed\.token",
-           "--select-every", "1", "--select-episodes", "1", "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
+           "--select-every", "1", "--select-episodes", "1", "--paired-replay", "--image-shift", "1",
+           "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -46,6 +48,9 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert all(ep.instruction.startswith("point above the") and len(ep) >= 5 for ep in ds)
     assert summary["datasets"]["bags"]["source"] == "rosbag"
     assert set(summary["datasets"]["replay"]["tasks"]) == {"reach", "pick_place"}
+    # --paired-replay: the reach replay is the demos' own scenes, told with the old verb.
+    twins = [ep.instruction for ep in EpisodeDataset(out / "data" / "replay") if ep.task == "reach"]
+    assert twins == [ep.instruction.replace("point above", "reach") for ep in ds][:1]
     # Fine-tuned from the bundle, exported, evaluated.
     assert summary["train"]["step"] == 2
     recipe = json.loads((out / "run" / "train_config.json").read_text())["train_config"]
@@ -55,6 +60,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert (summary["train"]["turn_prob"], summary["train"]["start_prob"]) == (0.5, 0.0)
     assert recipe["task_share"] == {"point_above": 0.5} and summary["train"]["new_task_share"] == 0.5
     assert recipe["freeze"] == summary["train"]["freeze"] == r"^embed\.token"
+    assert recipe["image_shift"] == 1
     # Weights kept every step; each snapshot exported and run on the validation seeds; the chosen one exported.
     sel = summary["selection"]
     assert sel == json.loads((out / "select.json").read_text()) and sel["seeds"] == [3000000, 3000000]
@@ -93,3 +99,20 @@ def test_choose_snapshot():
     assert choose_snapshot(before, rows((0.6, 1.0, 0.8), (0.6, 1.0, 0.75))) == 1
     # None keeps them: the smallest worst drop first, the new task second.
     assert choose_snapshot(before, rows((0.9, 0.5, 0.8), (0.1, 1.0, 0.6), (0.3, 0.8, 0.8))) == 2
+
+
+def test_default_freeze_fits_the_shipped_model():
+    """The demo's default --freeze holds the shipped model's embeddings (but FiLM) and blocks 0-1, and trains the rest."""
+    from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
+    from gato_ros.model.config import GatoConfig
+    from gato_ros.model.model import GatoModel
+    from gato_ros.model.train import freeze_parameters, load_checkpoint
+
+    assert parse_args([]).freeze == FREEZE_LOWER_HALF
+    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "models" / "gato_arm_small" / "model.pt")
+    model = GatoModel(GatoConfig.from_dict(ckpt["config"]))
+    frozen = set(freeze_parameters(model, FREEZE_LOWER_HALF))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"embed.token.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.0.weight"} <= frozen
+    assert any(n.startswith("embed.patch.film") for n in trained) and any(n.startswith("blocks.3.") for n in trained)
+    assert "head.weight" in trained and not any(n.startswith(("blocks.2.", "blocks.3.")) for n in frozen)

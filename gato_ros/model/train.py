@@ -392,7 +392,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         path = out / SNAPSHOTS / f"step_{step:06d}.pt"
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(dict(meta, model=model.state_dict(), step=step), tmp)
+        torch.save(dict(meta, model=model.state_dict(), step=step, val_loss=val_loss), tmp)
         os.replace(tmp, path)
 
     from tqdm import tqdm
