@@ -226,6 +226,11 @@ def label_agreement(dataset: Path, commands: Path) -> float:
     return equal / total if total else 0.0
 
 
+def change(before: float, after: float) -> float:
+    """after - before, rounded so that an exact 10-point drop is -0.1 (0.7 - 0.8 is -0.10000000000000009)."""
+    return round(after - before, 9)
+
+
 def choose_snapshot(before: dict[str, float], rows: list[dict], keep_within: float = 0.10) -> int:
     """Index of the snapshot to export, from validation success rates (`rows[i]["rates"]`, per task; `before`: the
     starting bundle's on the same episodes): the most new-task success among the snapshots whose original tasks
@@ -233,7 +238,7 @@ def choose_snapshot(before: dict[str, float], rows: list[dict], keep_within: flo
     success. Ties go to the later snapshot (more training on the same evidence)."""
     def key(i: int) -> tuple:
         r = rows[i]["rates"]
-        worst = max(round(before[t] - r[t], 9) for t in ORIGINAL_TASKS)  # rounded: 0.8 - 0.7 is a 10-point drop
+        worst = -min(change(before[t], r[t]) for t in ORIGINAL_TASKS)
         return (worst <= keep_within, r[NEW_TASK] if worst <= keep_within else -worst,
                 r[NEW_TASK], rows[i]["step"])
 
@@ -441,8 +446,7 @@ class Demo:
             keep = ("episodes", "success_rate", "ci95", "mean_steps", "outcomes")
             tasks[t] = {"before": {k: b[k] for k in keep if k in b},
                         "after": {k: a[k] for k in keep if k in a},
-                        # rounded: 0.7 - 0.8 is -0.10000000000000009, and a drop of exactly 10 points is within 10
-                        "change": round(a["success_rate"] - b["success_rate"], 9)}
+                        "change": change(b["success_rate"], a["success_rate"])}
         info_bags = dataset_info(o / "data" / NEW_TASK)
         replay = o / "data" / "replay"
         info_replay = dataset_info(replay) if (replay / "dataset.json").is_file() else None

@@ -197,7 +197,7 @@ class RuntimePolicy:
         """Bind a float32 cache-side array (numpy, or CuPy on the GPU, by its device address): ONNX Runtime reads
         or writes that memory in place, so the array must never be reallocated (only written into)."""
         assert arr.dtype == np.float32 and arr.flags.c_contiguous, name
-        if self._xp is np:  # host memory: numpy's own bindings (binding by raw pointer here made ROS tests flaky)
+        if self._xp is np:  # host memory: numpy's own bindings (raw-pointer binding was suspected of ROS test flakes)
             if output:
                 b.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
             else:

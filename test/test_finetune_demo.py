@@ -102,7 +102,7 @@ def test_choose_snapshot():
 
 
 def test_default_freeze_fits_the_shipped_model():
-    """The demo's default --freeze holds the shipped model's embeddings (but FiLM) and blocks 0-1, and trains the rest."""
+    """The demo's default --freeze holds the shipped model's embeddings (but FiLM) and blocks 0-1; the rest trains."""
     from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
     from gato_ros.model.config import GatoConfig
     from gato_ros.model.model import GatoModel

@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
         freeze=args.freeze, image_shift=args.image_shift,
         label_sigma=args.label_sigma,
-        val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every, keep_every=args.keep_every,
-        seed=args.seed,
+        val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every,
+        keep_every=args.keep_every, seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,
         progress=not args.no_progress,
     )

@@ -381,19 +381,19 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         model.train()
         return tot / max(n, 1), err / max(n, 1)
 
-    def save(path: Path, val_loss: float) -> None:
-        ckpt = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), step=step, val_loss=val_loss)
+    def write(path: Path, **extra: Any) -> None:
+        """meta + the weights + `extra` to `path`, atomically (a killed run never leaves half a file there)."""
         tmp = path.with_suffix(".tmp")
-        torch.save(ckpt, tmp)
+        torch.save(dict(meta, model=model.state_dict(), step=step, val_loss=val_loss, **extra), tmp)
         os.replace(tmp, path)
+
+    def save(path: Path) -> None:
+        write(path, optimizer=opt.state_dict())
 
     def keep() -> None:
         """A snapshot of the weights alone (no optimiser state: half the size), for choosing among them later."""
-        path = out / SNAPSHOTS / f"step_{step:06d}.pt"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(dict(meta, model=model.state_dict(), step=step, val_loss=val_loss), tmp)
-        os.replace(tmp, path)
+        (out / SNAPSHOTS).mkdir(exist_ok=True)
+        write(out / SNAPSHOTS / f"step_{step:06d}.pt")
 
     from tqdm import tqdm
 
@@ -450,7 +450,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
             keep()
         if step % tc.ckpt_every == 0 or step == tc.steps:
             if is_main:
-                save(out / CHECKPOINT, val_loss)
+                save(out / CHECKPOINT)
                 logger.plot(out)
             saved = step
     bar.close()
@@ -459,7 +459,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         logger.log({"step": step, "lr": lr_at(step, tc, 1.0), "train_loss": train_loss, "val_loss": val_loss,
                     "tokens_per_s": float("nan"), "elapsed_s": time.perf_counter() - t_start, "val_bin_err": val_err})
         if is_main:
-            save(out / CHECKPOINT, val_loss)
+            save(out / CHECKPOINT)
             if tc.keep_every:
                 keep()
             logger.plot(out)
