@@ -198,7 +198,7 @@ class Harness:
 
 
 class Running:
-    """A policy node + harness spinning on one MultiThreadedExecutor in a background thread.
+    """A policy node + harness spinning on one ThreadedExecutor (gato_ros.ros.executor) in a background thread.
 
     `policy` (optional) is handed to the node instead of loading the bundle, e.g. a fault-injecting wrapper around
     the real RuntimePolicy. `stop_node()` destroys the policy node and `start_node()` builds a new one with the same
@@ -206,14 +206,14 @@ class Running:
     """
 
     def __init__(self, context, bundle, rate: float = 20.0, policy=None, **params):
-        import rclpy.executors
+        from gato_ros.ros.executor import ThreadedExecutor
 
         self.context, self._policy = context, policy
         self.overrides = {"model_path": str(bundle), "control_rate_hz": rate, "execution_provider": "cpu",
                           "inference_threads": 1, **params}
         self.node = self._make_node()
         self.harness = Harness(context)
-        self.executor = rclpy.executors.MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = ThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.harness.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

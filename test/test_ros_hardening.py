@@ -65,7 +65,11 @@ def running(bundle):
 
 @pytest.fixture
 def node(running):
-    return running()
+    """The campaigns' node. Their harness arm never follows the commands, so after enough commanding the node's
+    tracking check (max_tracking_error_rad, 0.5) would restart the sequence from the measured HOME by design (covered
+    by test_driver_restart_*), which the campaigns' invariant -- consecutive commands within one step -- does not
+    model: the campaigns test malformed input, not tracking, so the check is out of their way."""
+    return running(max_tracking_error_rad=100.0)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

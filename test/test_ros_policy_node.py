@@ -1,6 +1,6 @@
 """The policy node over real DDS on loopback, with the real RuntimePolicy on a real (untrained, tiny) bundle.
 
-The node runs in this process on its own MultiThreadedExecutor thread, exactly as `gato_policy_node` runs it; a
+The node runs in this process on its own ThreadedExecutor thread, exactly as `gato_policy_node` runs it; a
 harness node plays camera and joint-state streams and records what comes out. Every test bounds its waits.
 """
 import subprocess

@@ -9,9 +9,10 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
 pytest.importorskip("mujoco", reason="the sim needs MuJoCo (pip install -e '.[sim]')")
 import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data  # noqa: E402
+
+from gato_ros.ros.executor import ThreadedExecutor  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.timeout(120)]
 
@@ -85,7 +86,7 @@ def sim():
     node = SimNode(context=context, parameter_overrides=[Parameter("seed", value=7), Parameter("task", value="reach"),
                                                          Parameter("max_steps", value=100000)])
     probe = Probe(context)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = ThreadedExecutor(num_threads=3, context=context)
     executor.add_node(node)
     executor.add_node(probe.node)
     thread = threading.Thread(target=executor.spin, daemon=True)
@@ -94,6 +95,12 @@ def sim():
     # the tests publish single commands: wait for the match (receiving /joint_states shows only the other direction).
     assert probe.wait(lambda: probe.array_pub.get_subscription_count() >= 1
                       and probe.traj_pub.get_subscription_count() >= 1, 10), "the sim never subscribed to commands"
+    # ... and the other way round: a reliable volatile reader that has not matched the writer yet drops its samples
+    command_subs = [s for s in node.subscriptions
+                    if s.topic_name in ("/position_controller/commands", "/arm_controller/joint_trajectory")]
+    assert len(command_subs) == 2
+    assert probe.wait(lambda: all(s.get_publisher_count() >= 1 for s in command_subs), 10), (
+        "the sim's command subscriptions never matched the probe's publishers")
     yield node, probe, context
     executor.shutdown()
     thread.join(timeout=5)

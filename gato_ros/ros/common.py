@@ -62,9 +62,11 @@ def _field_doc(cls, name: str) -> str:
 
 def run_node(make_node, label: str, args: list[str] | None = None, threads: int = 1) -> int:
     """What every node's console script does: rclpy.init, build the node (a `StartupError` becomes one line on
-    stderr and exit code 1), spin until Ctrl-C or shutdown (`threads` > 1: a MultiThreadedExecutor), clean up."""
+    stderr and exit code 1), spin until Ctrl-C or shutdown (`threads` > 1: a `ThreadedExecutor`), clean up."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    from gato_ros.ros.executor import ThreadedExecutor
 
     rclpy.init(args=args)
     node = None
@@ -74,7 +76,7 @@ def run_node(make_node, label: str, args: list[str] | None = None, threads: int 
         except StartupError as exc:
             print(f"{label}: {exc}", file=sys.stderr)
             return 1
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor = ThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         try:
             executor.spin()

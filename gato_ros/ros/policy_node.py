@@ -5,7 +5,7 @@
     ~/instruction ────────────────────┘
                                       │
     timer @ control_rate_hz, or each new image with trigger:=image (callback group "inference",
-    MultiThreadedExecutor)
+    ThreadedExecutor, gato_ros/ros/executor.py)
                                       ▼
     staleness check ─> Image -> RGB (resize to the bundle's size), JointState -> by name
                      ─> RuntimePolicy.act(obs) ─> SafetyFilter.step ─┬─> /position_controller/commands

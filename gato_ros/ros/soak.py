@@ -162,10 +162,10 @@ def _loop(hz: float, fn, stop: threading.Event) -> None:
 # ---- the node side (this process) ---------------------------------------------------------------------------
 def run_soak(args: SoakArgs, progress=None) -> dict:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from std_msgs.msg import Float64MultiArray
 
+    from gato_ros.ros.executor import ThreadedExecutor
     from gato_ros.ros.policy_node import PolicyNode
 
     rclpy.init()
@@ -177,7 +177,7 @@ def run_soak(args: SoakArgs, progress=None) -> dict:
     ticks: list[tuple[float, float]] = []  # (arrival, tick ms)
     collector.create_subscription(Float64MultiArray, "/gato_policy/timing",
                                   lambda m: ticks.append((time.monotonic(), m.data[0])), 100)
-    executor = MultiThreadedExecutor(num_threads=3)  # as gato_policy_node runs it
+    executor = ThreadedExecutor(num_threads=3)  # as gato_policy_node runs it
     executor.add_node(node)
     executor.add_node(collector)
     spinner = threading.Thread(target=executor.spin, daemon=True)
