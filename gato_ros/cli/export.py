@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         r = check["rollout"]
         print(f"wrote {args.out}: ONNX vs torch max |logit diff| {r['max_abs_logit_diff']:.2e} over {r['steps']} "
-              f"cached steps (tolerance {check['tolerance']})")
+              f"cached steps (tolerance {check['tolerance']} x max(1, max |logit| = {r['max_abs_logit']:.3g}))")
         if "int8" in check:
             q = check["int8"]
             print(f"  int8 graphs: max |logit diff| {q['max_abs_logit_diff']:.3g}, greedy-token agreement with torch "

@@ -10,7 +10,8 @@ Checks (any failure raises ExportCheckError and leaves no bundle behind):
 3. multi-step cached decoding: the runtime policy (ONNX Runtime, ring buffer) drives a random episode longer than
    the window; its logits at every action position must match the torch model's full-context forward
    (sliding-window mask) on the same tokens.
-Tolerance: max |logit difference| <= 1e-4 (fp32).
+Tolerance: max |logit difference| <= 1e-4 (fp32) on random inputs; over the rollout, 1e-4 x max(1, max |logit|):
+fp32 rounding grows with the logits' size, and a fine-tuned model's sharper logits (|logit| ~10) differ by ~1e-4.
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ def check_rollout(model: GatoModel, bundle_dir: Path, steps: int, instruction: s
                   seed: int = 0, agreement: bool = False) -> dict[str, Any]:
     """Check 3: runtime (ONNX Runtime, KV ring buffer) vs torch full forward over `steps` timesteps.
 
-    Returns {"max_abs_logit_diff", "steps", "tokens_equal"}; the runtime's greedy tokens are teacher-forced into
+    Returns {"max_abs_logit_diff", "max_abs_logit" (torch's), "steps", "tokens_equal"}; the runtime's greedy tokens are teacher-forced into
     the torch context, so equal argmaxes at every position mean torch's greedy decoding yields the same tokens."""
     from gato_ros.runtime import RuntimePolicy
 
@@ -182,7 +183,8 @@ def check_rollout(model: GatoModel, bundle_dir: Path, steps: int, instruction: s
     torch_logits = torch_action_logits(model, instruction, obs, chosen)
     diff = float(np.max(np.abs(runtime_logits - torch_logits)))
     same = np.argmax(torch_logits, -1) + tok.bin_offset == chosen
-    out = {"max_abs_logit_diff": diff, "steps": steps, "tokens_equal": bool(same.all())}
+    out = {"max_abs_logit_diff": diff, "max_abs_logit": float(np.max(np.abs(torch_logits))), "steps": steps,
+           "tokens_equal": bool(same.all())}
     if agreement:  # share of action tokens torch's greedy choice agrees with (given the same history)
         out["token_agreement"] = float(same.mean())
     return out
@@ -255,10 +257,12 @@ def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = 
         roll = None
         if steps > 0:  # 0 skips it (the benchmark's throw-away random models)
             roll = check_rollout(model, tmp, steps)
-            if not roll["max_abs_logit_diff"] <= TOLERANCE:
+            allowed = TOLERANCE * max(1.0, roll["max_abs_logit"])
+            if not roll["max_abs_logit_diff"] <= allowed:
                 raise ExportCheckError(f"cached multi-step decoding ({steps} steps through a {cfg.window_steps}-step "
                                        f"ring buffer) differs from torch: max |logit diff| = "
-                                       f"{roll['max_abs_logit_diff']:.3g} > {TOLERANCE}")
+                                       f"{roll['max_abs_logit_diff']:.3g} > {allowed:.3g} ({TOLERANCE} x max(1, "
+                                       f"max |logit| = {roll['max_abs_logit']:.3g}))")
         meta["export_check"] = {"tolerance": TOLERANCE, "random_inputs": report, "rollout": roll}
         meta["precision"] = precision
         if precision == "int8":
