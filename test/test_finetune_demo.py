@@ -20,7 +20,8 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
-           "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--freeze", r"^embed\.token",
+           "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--pick-place-share", "0.2",
+           "--val-fraction", "0.5", "--freeze", r"^embed\.token",
            "--select-every", "1", "--select-episodes", "1", "--paired-replay", "--image-shift", "1",
            "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -58,7 +59,9 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     # Sampling shares: the flags (--start-prob defaults to 0; -1 would take the bundle's own value).
     assert (recipe["turn_prob"], recipe["start_prob"]) == (0.5, 0.0)
     assert (summary["train"]["turn_prob"], summary["train"]["start_prob"]) == (0.5, 0.0)
-    assert recipe["task_share"] == {"point_above": 0.5} and summary["train"]["new_task_share"] == 0.5
+    assert recipe["task_share"] == {"point_above": 0.5, "pick_place": 0.2}
+    assert summary["train"]["new_task_share"] == 0.5 and summary["train"]["pick_place_share"] == 0.2
+    assert recipe["val_fraction"] == summary["train"]["val_fraction"] == 0.5
     assert recipe["freeze"] == summary["train"]["freeze"] == r"^embed\.token"
     assert recipe["image_shift"] == 1
     # Weights kept every step; each snapshot exported and run on the validation seeds; the chosen one exported.
@@ -116,3 +119,16 @@ def test_default_freeze_fits_the_shipped_model():
     assert {"embed.token.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.0.weight"} <= frozen
     assert any(n.startswith("embed.patch.film") for n in trained) and any(n.startswith("blocks.3.") for n in trained)
     assert "head.weight" in trained and not any(n.startswith(("blocks.2.", "blocks.3.")) for n in frozen)
+
+
+def test_defaults_are_the_best_measured_setting_and_shares_are_checked():
+    from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
+
+    cfg = parse_args([])
+    assert cfg.paired_replay and cfg.replay_episodes == [50, 100] and cfg.freeze == FREEZE_LOWER_HALF
+    assert (cfg.new_task_share, cfg.pick_place_share, cfg.val_fraction) == (0.4, 0.3, 0.01)
+    assert not parse_args(["--no-paired-replay"]).paired_replay
+    for bad in (["--new-task-share", "0.6", "--pick-place-share", "0.4"], ["--val-fraction", "0"],
+                ["--pick-place-share", "-0.1"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

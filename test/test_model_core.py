@@ -367,3 +367,24 @@ def test_image_shift_moves_training_windows_only():
     assert moved >= 6
     with pytest.raises(ValueError, match="image_shift"):
         EpisodeSequences(eps, cfg, norm, image_shift=-1)
+
+
+def test_split_by_task_keeps_every_task_in_training():
+    from gato_ros.model.data import split_episodes
+
+    tasks = ["point_above"] * 50 + ["reach"] * 50 + ["pick_place"] * 3 + ["lone"]
+    train, val = split_episodes(len(tasks), 0.1, 0, tasks)
+    assert sorted(train + val) == list(range(len(tasks))) and not set(train) & set(val)
+    held = [tasks[i] for i in val]
+    assert held.count("point_above") == held.count("reach") == 5 and "lone" not in held
+    assert {tasks[i] for i in train} == set(tasks)  # a task of 1 (or a share rounded away) stays in training
+    # at least one validation episode even when every task rounds to none
+    train, val = split_episodes(4, 0.01, 0, ["a", "a", "b", "c"])
+    assert len(val) == 1 and tasks_of(val, ["a", "a", "b", "c"]) == ["a"] and len(train) == 3
+    assert split_episodes(4, 0.5, 0) == split_episodes(4, 0.5, 0)  # without tasks: the old seeded split
+    with pytest.raises(ValueError, match="3 task names for 4 episodes"):
+        split_episodes(4, 0.5, 0, ["a", "b", "c"])
+
+
+def tasks_of(idx, tasks):
+    return [tasks[i] for i in idx]

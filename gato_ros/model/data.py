@@ -251,15 +251,28 @@ def task_weights(tasks: Sequence[str], lengths: np.ndarray, window: int,
     return w / w.sum()
 
 
-def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Episode indices for training and validation (at least one of each when n >= 2)."""
-    idx = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    if n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    else:
-        n_val = 0
-    return sorted(idx[n_val:].tolist()), sorted(idx[:n_val].tolist())
+def split_episodes(n: int, val_fraction: float, seed: int,
+                   tasks: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """Episode indices for training and validation (at least one of each when n >= 2).
+
+    With `tasks` (one name per episode) the split is drawn per task and every task keeps at least one training
+    episode: a task with few episodes (a fine-tune's replay, `--task-share` on it) is never held out whole."""
+    rng = np.random.default_rng(seed)
+    if tasks is None:
+        idx = rng.permutation(n)
+        n_val = min(max(int(round(n * val_fraction)), 1), n - 1) if n >= 2 else 0
+        return sorted(idx[n_val:].tolist()), sorted(idx[:n_val].tolist())
+    names = np.asarray(tasks)
+    if len(names) != n:
+        raise ValueError(f"{len(names)} task names for {n} episodes")
+    val: list[int] = []
+    groups = [rng.permutation(np.flatnonzero(names == t)) for t in sorted(set(names.tolist()))]
+    for g in groups:
+        val += g[:min(int(round(len(g) * val_fraction)), len(g) - 1)].tolist()
+    if not val and n >= 2:  # at least one: from the largest task (which keeps one if it has two)
+        largest = max(groups, key=len)
+        val = [int(largest[0])]
+    return sorted(set(range(n)) - set(val)), sorted(val)
 
 
 def fit_normalizer(episodes: Sequence[Any], mode: str, margin: float = 0.1) -> ActionNormalizer:

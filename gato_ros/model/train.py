@@ -319,7 +319,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         cfg = preset(tc.config, spec=spec, **(model_overrides or {}))
         norm = None
 
-    train_idx, val_idx = split_episodes(len(episodes), tc.val_fraction, tc.seed)
+    train_idx, val_idx = split_episodes(len(episodes), tc.val_fraction, tc.seed, [ep.task for ep in episodes])
     train_eps = [episodes[i] for i in train_idx]
     val_eps = [episodes[i] for i in val_idx] or train_eps
     if norm is None:
