@@ -19,7 +19,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     bundle = tiny_bundle(tmp_path_factory)
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
-           "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "1", "1",
+           "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "4", "1",
            "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--pick-place-share", "0.2",
            "--val-fraction", "0.5", "--freeze", r"^embed\.token",
            "--select-every", "1", "--select-episodes", "1", "--paired-replay", "--image-shift", "1",
@@ -50,8 +50,10 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert summary["datasets"]["bags"]["source"] == "rosbag"
     assert set(summary["datasets"]["replay"]["tasks"]) == {"reach", "pick_place"}
     # --paired-replay: the reach replay is the demos' own scenes, told with the old verb.
-    twins = [ep.instruction for ep in EpisodeDataset(out / "data" / "replay") if ep.task == "reach"]
-    assert twins == [ep.instruction.replace("point above", "reach") for ep in ds][:1]
+    # Reach replays beyond the 3 demos come from the shipped data's seeds (from 0).
+    reach = [ep for ep in EpisodeDataset(out / "data" / "replay") if ep.task == "reach"]
+    assert [ep.instruction for ep in reach[:3]] == [ep.instruction.replace("point above", "reach") for ep in ds]
+    assert len(reach) == 4 and reach[3].seed == 0
     # Fine-tuned from the bundle, exported, evaluated.
     assert summary["train"]["step"] == 2
     recipe = json.loads((out / "run" / "train_config.json").read_text())["train_config"]
@@ -125,8 +127,8 @@ def test_defaults_are_the_best_measured_setting_and_shares_are_checked():
     from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
 
     cfg = parse_args([])
-    assert cfg.paired_replay and cfg.replay_episodes == [50, 100] and cfg.freeze == FREEZE_LOWER_HALF
-    assert (cfg.new_task_share, cfg.pick_place_share, cfg.val_fraction) == (0.4, 0.3, 0.01)
+    assert cfg.paired_replay and cfg.replay_episodes == [100, 100] and cfg.freeze == FREEZE_LOWER_HALF
+    assert (cfg.new_task_share, cfg.pick_place_share, cfg.val_fraction, cfg.noise) == (0.35, 0.25, 0.01, 0.0)
     assert not parse_args(["--no-paired-replay"]).paired_replay
     for bad in (["--new-task-share", "0.6", "--pick-place-share", "0.4"], ["--val-fraction", "0"],
                 ["--pick-place-share", "-0.1"]):
