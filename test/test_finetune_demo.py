@@ -127,8 +127,8 @@ def test_defaults_are_the_best_measured_setting_and_shares_are_checked():
     from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
 
     cfg = parse_args([])
-    assert cfg.paired_replay and cfg.replay_episodes == [50, 100] and cfg.freeze == FREEZE_LOWER_HALF
-    assert (cfg.new_task_share, cfg.pick_place_share, cfg.val_fraction, cfg.noise) == (0.35, 0.25, 0.01, 0.0)
+    assert cfg.paired_replay and cfg.replay_episodes == [100, 100] and cfg.freeze == FREEZE_LOWER_HALF
+    assert (cfg.new_task_share, cfg.pick_place_share, cfg.val_fraction, cfg.noise) == (0.45, 0.25, 0.01, 0.0)
     assert not parse_args(["--no-paired-replay"]).paired_replay
     for bad in (["--new-task-share", "0.6", "--pick-place-share", "0.4"], ["--val-fraction", "0"],
                 ["--pick-place-share", "-0.1"]):
