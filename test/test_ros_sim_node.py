@@ -135,8 +135,19 @@ def test_applies_position_array_and_joint_trajectory_and_holds(sim):
     target[0] += 0.3
     msg = probe.types[0]()
     msg.data = target.tolist()
-    probe.array_pub.publish(msg)  # one message: the sim keeps the target (holds) until the next
-    assert probe.wait(lambda: abs(probe.last("joints").position[0] - target[0]) < 0.02, 10), "pan did not reach"
+    # Published again every 0.5 s until reached (a reliable sample can still be lost while discovery settles on a
+    # loaded machine); that the sim *holds* a single target is checked below, after the ignored bad message.
+    def reached():
+        if abs(probe.last("joints").position[0] - target[0]) < 0.02:
+            return True
+        if time.monotonic() - sent[0] > 0.5:
+            probe.array_pub.publish(msg)
+            sent[0] = time.monotonic()
+        return False
+
+    probe.array_pub.publish(msg)
+    sent = [time.monotonic()]
+    assert probe.wait(reached, 10), "pan did not reach"
     bad = probe.types[0]()
     bad.data = [0.0] * 3  # wrong length: ignored, target kept
     probe.array_pub.publish(bad)
