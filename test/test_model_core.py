@@ -381,7 +381,8 @@ def test_split_by_task_keeps_every_task_in_training():
     # at least one validation episode even when every task rounds to none
     train, val = split_episodes(4, 0.01, 0, ["a", "a", "b", "c"])
     assert len(val) == 1 and tasks_of(val, ["a", "a", "b", "c"]) == ["a"] and len(train) == 3
-    assert split_episodes(4, 0.5, 0) == split_episodes(4, 0.5, 0)  # without tasks: the old seeded split
+    train, val = split_episodes(4, 0.5, 0)  # without tasks: one seeded split over all episodes
+    assert len(val) == 2 and sorted(train + val) == [0, 1, 2, 3] and (train, val) == split_episodes(4, 0.5, 0)
     with pytest.raises(ValueError, match="3 task names for 4 episodes"):
         split_episodes(4, 0.5, 0, ["a", "b", "c"])
 
