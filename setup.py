@@ -32,7 +32,7 @@ data_files = [
     ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
     (share, ["package.xml"]),
     (os.path.join(share, "launch"), glob("launch/*.py")),
-    (os.path.join(share, "config"), glob("config/*.yaml")),
+    (os.path.join(share, "config"), glob("config/*.yaml") + glob("config/*.xml")),
 ]
 data_files += tree("models", share) + tree("sim", share)
 

@@ -116,7 +116,10 @@ def test_sim_and_policy_close_the_loop(bundle, interface, sim_time, tmp_path):
         probe.close()
         rclpy.try_shutdown(context=context)
         graph.close()
-    assert all(rc in (0, -2) for rc in codes.values()), f"unclean shutdown: {codes}"
+    unclean = {name: rc for name, rc in codes.items() if rc not in (0, -2)}
+    # a node stuck in shutdown printed its threads' stacks into its log (run_node's guard, or SIGUSR1 from stop())
+    assert not unclean, f"unclean shutdown: {codes}\n" + "\n".join(
+        f"--- {name} log:\n{graph.tail(name, 80)}" for name in unclean)
 
 
 def test_ros_path_reproduces_the_direct_episode_action_for_action(bundle, tmp_path):

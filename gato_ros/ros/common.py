@@ -60,14 +60,25 @@ def _field_doc(cls, name: str) -> str:
     return ""
 
 
+SHUTDOWN_GRACE_S = 4.0  # clean-up after spin longer than this dumps every thread's stack and exits with code 1
+
+
 def run_node(make_node, label: str, args: list[str] | None = None, threads: int = 1) -> int:
     """What every node's console script does: rclpy.init, build the node (a `StartupError` becomes one line on
-    stderr and exit code 1), spin until Ctrl-C or shutdown (`threads` > 1: a `ThreadedExecutor`), clean up."""
+    stderr and exit code 1), spin until Ctrl-C or shutdown (`threads` > 1: a `ThreadedExecutor`), clean up.
+
+    Two guards against a node that will not stop (ros2 launch and `GraphProcesses.stop` would SIGKILL it without a
+    word): SIGUSR1 prints every thread's Python stack to stderr at any time (`kill -USR1 PID`), and a clean-up
+    after spin that takes longer than SHUTDOWN_GRACE_S prints the stacks and exits with code 1."""
+    import faulthandler
+    import signal
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from gato_ros.ros.executor import ThreadedExecutor
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)
     node = None
     try:
@@ -83,11 +94,16 @@ def run_node(make_node, label: str, args: list[str] | None = None, threads: int 
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
+            print(f"{label}: shutting down", file=sys.stderr, flush=True)
+            faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
             executor.shutdown()
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     return 0
 
 

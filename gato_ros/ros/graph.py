@@ -115,6 +115,23 @@ def share_path(relative: str) -> Path:
     return candidates[0]
 
 
+FAST_DDS_RMWS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def dds_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables to add for the nodes we start: Fast DDS's profile with a shared-memory segment large
+    enough for camera frames over 512 kB (config/fastdds.xml says why), unless the user chose a profile file or
+    another middleware. Empty when nothing is to be added."""
+    env = os.environ if environ is None else environ
+    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") not in FAST_DDS_RMWS:
+        return {}
+    if any(env.get(name) for name in PROFILE_VARIABLES):
+        return {}
+    profile = share_path("config/fastdds.xml")
+    return {PROFILE_VARIABLES[0]: str(profile)} if profile.is_file() else {}
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
     """['sim:=false', 'rate:=10'] -> {'sim': 'false', 'rate': '10'} (the `ros2 launch` argument syntax)."""
     out: dict[str, str] = {}

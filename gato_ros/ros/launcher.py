@@ -5,8 +5,8 @@ Each node is its own process (as under `ros2 launch`), started as `python -m <mo
 crash in one is visible as an exit code, not a hung thread. The override file carries the typed parameters from
 graph.py (what launch_ros does with a parameter dict).
 
-Stopping sends SIGINT (rclpy turns it into KeyboardInterrupt and the nodes shut down cleanly), then SIGTERM, then
-SIGKILL to whatever is left.
+Stopping sends SIGINT (rclpy turns it into KeyboardInterrupt and the nodes shut down cleanly), then SIGUSR1 (a
+stack dump in the node's log), SIGTERM and SIGKILL to whatever is left.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import IO
 
 import yaml
 
-from gato_ros.ros.graph import NodeSpec, active_nodes
+from gato_ros.ros.graph import NodeSpec, active_nodes, dds_environment
 
 
 def node_command(spec: NodeSpec, overrides_file: str) -> list[str]:
@@ -51,10 +51,12 @@ class GraphProcesses:
         self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ if env is None else env)
+        self.env.update(dds_environment(self.env))  # large camera frames over shared memory (config/fastdds.xml)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.procs: dict[str, subprocess.Popen] = {}
         self._pumps: list[threading.Thread] = []
         self._logs: list[IO] = []
+        self.stuck: set[str] = set()  # nodes that did not exit on SIGINT within stop()'s timeout
 
     def commands(self) -> dict[str, list[str]]:
         out = {}
@@ -112,11 +114,19 @@ class GraphProcesses:
         return next((rc for rc in codes.values() if rc not in (0, None, -signal.SIGINT)), 0)
 
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
-        """SIGINT every running node, then SIGTERM / SIGKILL after `timeout` s; returns the exit codes."""
+        """SIGINT every running node, then SIGTERM / SIGKILL after `timeout` s; returns the exit codes. A node
+        still running after SIGINT gets SIGUSR1 first (our nodes print every thread's stack on it, see
+        `run_node`), so its log says where it hung."""
         for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
             running = [p for p in self.procs.values() if p.poll() is None]
             if not running:
                 break
+            if sig != signal.SIGINT:
+                self.stuck.update(n for n, p in self.procs.items() if p in running)
+                if sig == signal.SIGTERM:
+                    for p in running:
+                        p.send_signal(signal.SIGUSR1)
+                    time.sleep(0.5)
             for p in running:
                 p.send_signal(sig)
             deadline = time.monotonic() + wait_s

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gato_ros.ros.graph import PROFILE_VARIABLES, dds_environment
+
 
 @dataclass
 class SoakArgs:
@@ -245,6 +247,7 @@ def _report(args, node, counted, window, rss_start, rss_end, published) -> dict:
         "ticks": ticks,
         "deadline_misses": {"count": misses, "pct": 100.0 * misses / ticks if ticks else 0.0},
         "messages": messages,
+        "dds_profile": next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None),
         # "published": over the measured window; the robot counts the whole run, so compare it with published_total
         "commands": {"published": counted["commands"], "published_total": node.commands,
                      "received_by_robot": int(published["commands"])},
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m gato_ros.ros.soak [--duration S] [--json]`; see the module docstring."""
     args, robot = parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
+    # 640x480 frames are larger than Fast DDS's default shared-memory segment (config/fastdds.xml); the robot
+    # process inherits the profile, as a camera driver must
+    os.environ.update(dds_environment())
     if robot:
         return run_robot(args)
 

@@ -1,0 +1,86 @@
+"""`run_node`'s guards against a node that will not stop, on real node processes: SIGUSR1 prints every thread's stack
+and the node runs on; a clean-up that hangs after SIGINT prints the stacks (naming the hanging call) and exits with
+code 1 within SHUTDOWN_GRACE_S instead of waiting for SIGKILL; a normal node exits 0 on SIGINT."""
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
+
+from gato_ros.ros.common import SHUTDOWN_GRACE_S  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
+
+NODE = textwrap.dedent("""
+    import sys, threading
+    import rclpy.node
+    from gato_ros.ros.common import run_node
+
+    class Node(rclpy.node.Node):
+        def __init__(self):
+            super().__init__("shutdown_probe")
+            self.create_timer(0.05, lambda: print("spinning", flush=True))
+
+        def destroy_node(self):
+            if sys.argv[1] == "hang":
+                threading.Event().wait()  # a clean-up that never returns
+            super().destroy_node()
+
+    sys.exit(run_node(Node, "shutdown_probe", threads=int(sys.argv[2])))
+""")
+
+
+def start(mode: str, threads: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", NODE, mode, str(threads)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # blocks until the first timer callback ran: the node is spinning
+    assert line.strip() == "spinning", f"node did not start: {line!r}\n{proc.stderr.read() if proc.poll() else ''}"
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"node still running {timeout} s after SIGINT:\n{err}")
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sigint_stops_a_node_cleanly(threads):
+    proc = start("normal", threads)
+    proc.send_signal(signal.SIGINT)
+    rc, err = finish(proc, timeout=SHUTDOWN_GRACE_S + 10)
+    assert rc == 0, err
+    assert "shutdown_probe: shutting down" in err
+    assert "Traceback" not in err and "hread 0x" not in err, err
+
+
+def test_sigusr1_prints_the_stacks_and_the_node_runs_on():
+    proc = start("normal", 3)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    assert proc.poll() is None, "SIGUSR1 must not stop the node"
+    assert proc.stdout.readline().strip() == "spinning"  # still ticking
+    proc.send_signal(signal.SIGINT)
+    rc, err = finish(proc, timeout=SHUTDOWN_GRACE_S + 10)
+    assert rc == 0
+    assert err.count("hread 0x") >= 2, err  # "Current thread 0x..." (main) and "Thread 0x..." (pool workers)
+    assert "in spin" in err, err
+
+
+def test_a_hanging_cleanup_dumps_the_stacks_and_exits_1():
+    proc = start("hang", 3)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rc, err = finish(proc, timeout=SHUTDOWN_GRACE_S + 20)
+    elapsed = time.monotonic() - t0
+    assert rc == 1, err
+    assert elapsed >= SHUTDOWN_GRACE_S - 0.5  # it waited for the clean-up first
+    assert "Timeout (0:00:0" in err and "in destroy_node" in err, err  # the dump names the hanging call
