@@ -283,8 +283,12 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
                   peer_ticks: int = 30, recompute_ticks: int = 5, threads: int | None = None,
                   execution_provider: str = "auto", peers: bool = True, progress=None,
                   precision: str = "fp32", jacobi: bool = True, data: list[str] | None = None,
-                  history_steps: int | None = None, kv_device: str = "auto") -> dict[str, Any]:
-    """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle."""
+                  history_steps: int | None = None, kv_device: str = "auto",
+                  ros: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle.
+
+    `ros` (e.g. {"image_size": (640, 480), "command_interface": "position_array"}): also time the policy node's
+    tick with message conversion and publish (`gato_ros.ros.bench_ros`; needs rclpy), as result["ros"]."""
     from gato_ros.runtime import GPU_PROVIDERS, RuntimePolicy
 
     threads = threads or min(os.cpu_count() or 1, 2)
@@ -339,6 +343,14 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             result["peers"] = {"hf_transformers_kv": hf, "torch_recompute": rc}
             result["speedup_vs_hf"] = round(hf["p50"] / ours["tick"]["p50"], 2)
             result["speedup_vs_hf_p99"] = round(hf["p99"] / ours["tick"]["p99"], 2)
+        if ros is not None:
+            from gato_ros.ros.bench_ros import bench_ros_tick
+
+            say("time the policy node's tick")
+            provider = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}.get(
+                policy.provider, "cpu")
+            result["ros"] = bench_ros_tick(str(bundle_dir), ticks, warmup=cfg.window_steps + 2, threads=threads,
+                                           execution_provider=provider, **ros)
         say("measure machine")
         # On a GPU the limits are the GPU's (measured through CuPy, which a GPU-resident cache needs anyway); without
         # CuPy they are the CPU's, and `machine.limits_of` says so.

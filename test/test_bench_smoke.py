@@ -46,3 +46,26 @@ def test_model_costs_scale_with_size():
     small, big = model_costs(preset("gato-small")), model_costs(preset("gato-79m"))
     assert 12e6 < small["weight_bytes"] < 15e6  # 3.4M matmul weights, fp32
     assert big["weight_bytes"] > 15 * small["weight_bytes"]
+
+
+def test_bench_ros_times_the_policy_node_tick():
+    """--ros: the policy node's own tick on a real rclpy node, camera frames of the size asked for, every tick a
+    command that reaches a subscriber over DDS, and a breakdown whose parts fit inside the tick."""
+    import pytest
+
+    pytest.importorskip("rclpy", reason="bench --ros needs rclpy (pip install -e '.[ros]')")
+    gato = str(Path(sys.executable).parent / "gato-ros")
+    out = subprocess.run([gato, "bench", "--config", "gato-tiny", "--ticks", "20", "--threads", "1", "--no-peers",
+                          "--ros", "--ros-image", "320x240", "--command-interface", "joint_trajectory", "--json"],
+                         check=True, capture_output=True, text=True, timeout=600).stdout
+    r = json.loads(out.strip().splitlines()[-1])["ros"]
+    assert r["image"] == {"width": 320, "height": 240, "encoding": "rgb8", "bytes": 320 * 240 * 3}
+    assert r["command_interface"] == "joint_trajectory" and r["ticks"] == 20
+    assert r["commands_delivered"] == 10  # the listener's queue depth: the commands went out over DDS
+    b = r["breakdown_ms"]
+    assert b["convert_inputs"] > 0 and b["policy_act"] > 0 and b["publish_command"] > 0 and b["other"] >= 0
+    assert b["convert_inputs"] + b["policy_act"] + b["publish_command"] <= r["tick_ms"]["p99"]
+    assert 0 < r["tick_ms"]["p50"] <= r["tick_ms"]["p99"] <= r["tick_ms"]["max"]
+    bad = subprocess.run([gato, "bench", "--config", "gato-tiny", "--ros", "--ros-image", "320", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "WIDTHxHEIGHT" in bad.stderr

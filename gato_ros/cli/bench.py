@@ -4,6 +4,7 @@ recompute loop of the same size, with a per-phase breakdown and the machine's ph
     gato-ros bench --model models/gato_arm_small --json
     gato-ros bench --config gato-79m --ticks 30 --peer-ticks 5 --recompute-ticks 1 --json
     gato-ros bench --config gato-small --history-steps 2 --no-peers --json   # shorter context, same tick
+    gato-ros bench --ros --ros-image 1280x720 --json   # + the policy node's tick: conversion, model, publish
 
 Measured rows and their commands: BENCHMARKS.md.
 """
@@ -35,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each timed tick sees exactly H cached timesteps (0..window; default: a full window, "
                              "the steady state): the tick-versus-context-length table")
     parser.add_argument("--no-peers", action="store_true", help="time the runtime only")
+    parser.add_argument("--ros", action="store_true",
+                        help="also time the policy node's tick (rclpy, in this process): camera and joint-state "
+                             "conversion, the model, building and publishing the command (JSON key \"ros\")")
+    parser.add_argument("--ros-image", default="640x480", metavar="WxH",
+                        help="camera frame size for --ros, rgb8 (default %(default)s; the node resizes to the "
+                             "bundle's size)")
+    parser.add_argument("--command-interface", default="position_array", choices=["position_array", "joint_trajectory"],
+                        help="command message for --ros (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -52,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("no --model or --config given and models/gato_arm_small is missing; "
                              "pass --config gato-small to time a random model of the shipped size")
         model = str(default)
+    ros = None
+    if args.ros:
+        try:
+            w, h = (int(v) for v in args.ros_image.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--ros-image {args.ros_image!r}: give WIDTHxHEIGHT, e.g. 640x480") from None
+        if w < 1 or h < 1:
+            raise SystemExit(f"--ros-image {args.ros_image!r}: width and height must be positive")
+        ros = {"image_size": (w, h), "command_interface": args.command_interface}
     bar = tqdm(total=None, desc="bench", disable=args.json, bar_format="{desc}: {postfix}")
 
     def progress(msg: str) -> None:
@@ -59,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
                         args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision,
-                        not args.sequential, args.data, args.history_steps, args.kv_device)
+                        not args.sequential, args.data, args.history_steps, args.kv_device, ros)
     bar.close()
     if args.json:
         print(json.dumps(res))
@@ -75,4 +93,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{p['hf_transformers_kv']['p99']:.2f} ms -> speedup {res['speedup_vs_hf']}x")
             print(f"  torch recompute: p50 {p['torch_recompute']['p50']:.2f} ms")
         print(f"  bound {res['bound_ms']:.2f} ms (fraction {res['bound_fraction']}); machine {res['machine']}")
+        if "ros" in res:
+            r, img = res["ros"], res["ros"]["image"]
+            print(f"  policy node tick ({img['width']}x{img['height']} {img['encoding']}, {r['command_interface']}): "
+                  f"p50 {r['tick_ms']['p50']:.2f} ms, p99 {r['tick_ms']['p99']:.2f} ms; breakdown (p50 ms): "
+                  f"{r['breakdown_ms']}")
     return 0
