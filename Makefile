@@ -29,12 +29,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/gato-ros bench --json
 
-# The 2-core CPU recipe (scripts/make_model.sh; ~90 min): collect demos, train, export into models/gato_arm_small and
-# evaluate. It does not reproduce the shipped bundle, which needs a GPU stage (its model card; `make model-gpu`): the
-# bundle it replaces is kept in runs/gato_arm_small/previous_bundle.
+# The 2-core CPU recipe (scripts/make_model.sh; ~90 min): collect demos, train, export into models/$(CPU_MODEL) and
+# evaluate. It does not reproduce the shipped bundle, which needs a GPU stage (its model card; `make model-gpu`), so
+# it writes its own bundle and leaves models/gato_arm_small alone (CPU_MODEL=gato_arm_small replaces it; the bundle
+# it replaces is then kept in runs/gato_arm_small/previous_bundle).
+CPU_MODEL ?= gato_arm_cpu
 model: $(STAMP)
-	scripts/make_model.sh
-	$(PY) -m gato_ros.report runs/gato_arm_small models/gato_arm_small
+	NAME=$(CPU_MODEL) scripts/make_model.sh
+	$(PY) -m gato_ros.report runs/$(CPU_MODEL) models/$(CPU_MODEL)
 
 # The recipe of the shipped bundle on a machine with a CUDA GPU (scripts/train_gpu.sh: stage 1, ~11 min of
 # collection and training on one H200, then stage 2, the turn fine-tune; then export and the same evaluations as

@@ -6,7 +6,7 @@ with which parameters is defined once in gato_ros/ros/graph.py, which `gato-ros 
 without the ROS 2 launch tools; this file only turns that definition into launch actions.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -48,6 +48,4 @@ def generate_launch_description() -> LaunchDescription:
         arguments.append(
             DeclareLaunchArgument(a.name, default_value=a.default, description=a.description, choices=choices)
         )
-    # Fast DDS's profile for camera frames over 512 kB (config/fastdds.xml), unless the user set one
-    environment = [SetEnvironmentVariable(name, value) for name, value in graph.dds_environment().items()]
-    return LaunchDescription([*arguments, *environment, OpaqueFunction(function=_nodes)])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_nodes)])

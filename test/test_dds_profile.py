@@ -92,6 +92,7 @@ def test_dds_environment_respects_the_users_choice():
     profile = str(share_path("config/fastdds.xml"))
     assert dds_environment({}) == {"FASTDDS_DEFAULT_PROFILES_FILE": profile}
     assert dds_environment({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}) == {"FASTDDS_DEFAULT_PROFILES_FILE": profile}
+    assert dds_environment({"RMW_IMPLEMENTATION": ""}) == {"FASTDDS_DEFAULT_PROFILES_FILE": profile}
     assert dds_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
     assert dds_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}
     assert dds_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}

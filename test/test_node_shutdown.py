@@ -1,6 +1,7 @@
-"""`run_node`'s guards against a node that will not stop, on real node processes: SIGUSR1 prints every thread's stack
-and the node runs on; a clean-up that hangs after SIGINT prints the stacks (naming the hanging call) and exits with
-code 1 within SHUTDOWN_GRACE_S instead of waiting for SIGKILL; a normal node exits 0 on SIGINT."""
+"""`run_node` on real node processes: SIGUSR1 prints every thread's stack and the node runs on; a clean-up that hangs
+after SIGINT prints the stacks (naming the hanging call) and exits with code 1 within SHUTDOWN_GRACE_S instead of
+waiting for SIGKILL; a normal node exits 0 on SIGINT; a node that publishes frames gets the Fast DDS profile."""
+import os
 import signal
 import subprocess
 import sys
@@ -12,33 +13,40 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy (pip install -e '.[ros]') is needed for the ROS tests")
 
 from gato_ros.ros.common import SHUTDOWN_GRACE_S  # noqa: E402
+from gato_ros.ros.graph import share_path  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
 NODE = textwrap.dedent("""
-    import sys, threading
+    import os, sys, threading
     import rclpy.node
     from gato_ros.ros.common import run_node
 
     class Node(rclpy.node.Node):
         def __init__(self):
             super().__init__("shutdown_probe")
-            self.create_timer(0.05, lambda: print("spinning", flush=True))
+            profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+            self.create_timer(0.05, lambda: print("spinning", profile, flush=True))
 
         def destroy_node(self):
             if sys.argv[1] == "hang":
                 threading.Event().wait()  # a clean-up that never returns
             super().destroy_node()
 
-    sys.exit(run_node(Node, "shutdown_probe", threads=int(sys.argv[2])))
+    sys.exit(run_node(Node, "shutdown_probe", threads=int(sys.argv[2]), large_frames=sys.argv[3] == "1"))
 """)
 
 
-def start(mode: str, threads: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", NODE, mode, str(threads)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start(mode: str, threads: int, large_frames: bool = False) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", NODE, mode, str(threads), "1" if large_frames else "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # blocks until the first timer callback ran: the node is spinning
-    assert line.strip() == "spinning", f"node did not start: {line!r}\n{proc.stderr.read() if proc.poll() else ''}"
+    why = proc.stderr.read() if proc.poll() is not None else ""
+    assert line.split()[:1] == ["spinning"], f"node did not start: {line!r}\n{why}"
+    # a node that publishes frames gets Fast DDS's large-frame profile before rclpy.init (unless one was set)
+    users = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+    expected = users or (str(share_path("config/fastdds.xml")) if large_frames else None)
+    assert line.split()[1:] == ([expected] if expected else []), line
     return proc
 
 
@@ -52,9 +60,9 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_sigint_stops_a_node_cleanly(threads):
-    proc = start("normal", threads)
+@pytest.mark.parametrize("threads, large_frames", [(1, True), (3, False)])
+def test_sigint_stops_a_node_cleanly(threads, large_frames):
+    proc = start("normal", threads, large_frames)
     proc.send_signal(signal.SIGINT)
     rc, err = finish(proc, timeout=SHUTDOWN_GRACE_S + 10)
     assert rc == 0, err
@@ -67,7 +75,7 @@ def test_sigusr1_prints_the_stacks_and_the_node_runs_on():
     proc.send_signal(signal.SIGUSR1)
     time.sleep(1.0)
     assert proc.poll() is None, "SIGUSR1 must not stop the node"
-    assert proc.stdout.readline().strip() == "spinning"  # still ticking
+    assert proc.stdout.readline().split()[:1] == ["spinning"]  # still ticking
     proc.send_signal(signal.SIGINT)
     rc, err = finish(proc, timeout=SHUTDOWN_GRACE_S + 10)
     assert rc == 0

@@ -118,7 +118,7 @@ def test_sim_and_policy_close_the_loop(bundle, interface, sim_time, tmp_path):
         graph.close()
     unclean = {name: rc for name, rc in codes.items() if rc not in (0, -2)}
     # a node stuck in shutdown printed its threads' stacks into its log (run_node's guard, or SIGUSR1 from stop())
-    assert not unclean, f"unclean shutdown: {codes}\n" + "\n".join(
+    assert not unclean, f"unclean shutdown: {codes}; still running after SIGINT: {sorted(graph.stuck)}\n" + "\n".join(
         f"--- {name} log:\n{graph.tail(name, 80)}" for name in unclean)
 
 

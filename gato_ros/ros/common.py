@@ -63,14 +63,20 @@ def _field_doc(cls, name: str) -> str:
 SHUTDOWN_GRACE_S = 4.0  # clean-up after spin longer than this dumps every thread's stack and exits with code 1
 
 
-def run_node(make_node, label: str, args: list[str] | None = None, threads: int = 1) -> int:
+def run_node(make_node, label: str, args: list[str] | None = None, threads: int = 1,
+             large_frames: bool = False) -> int:
     """What every node's console script does: rclpy.init, build the node (a `StartupError` becomes one line on
     stderr and exit code 1), spin until Ctrl-C or shutdown (`threads` > 1: a `ThreadedExecutor`), clean up.
 
     Two guards against a node that will not stop (ros2 launch and `GraphProcesses.stop` would SIGKILL it without a
     word): SIGUSR1 prints every thread's Python stack to stderr at any time (`kill -USR1 PID`), and a clean-up
-    after spin that takes longer than SHUTDOWN_GRACE_S prints the stacks and exits with code 1."""
+    after spin that takes longer than SHUTDOWN_GRACE_S prints the stacks and exits with code 1.
+
+    `large_frames`: the node publishes camera frames, which may exceed Fast DDS's default 512 kB shared-memory
+    segment: use config/fastdds.xml's profile (`graph.dds_environment`; not if the user chose one). Only a
+    publisher's segment matters, so nodes that only subscribe to frames do without its 8 MB."""
     import faulthandler
+    import os
     import signal
 
     import rclpy
@@ -78,7 +84,11 @@ def run_node(make_node, label: str, args: list[str] | None = None, threads: int 
 
     from gato_ros.ros.executor import ThreadedExecutor
 
+    from gato_ros.ros.graph import dds_environment
+
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if large_frames:  # Fast DDS reads the profile when rclpy.init creates the participant
+        os.environ.update(dds_environment())
     rclpy.init(args=args)
     node = None
     try:

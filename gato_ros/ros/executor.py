@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import (ConditionReachedException, ExternalShutdownException, MultiThreadedExecutor,
                              ShutdownException, TimeoutException)
 
@@ -63,6 +64,16 @@ class ThreadedExecutor(MultiThreadedExecutor):
         self._executor.submit(self._start, task)
         if task not in self._running:
             self._running.append(task)
+        self._raise_finished()
+
+    def _raise_finished(self) -> None:
+        """Forget finished tasks; raise a callback's exception, as rclpy does. InvalidHandle is dropped: the entity
+        was destroyed after the wait set saw it ready (a node destroyed while the executor spins), which rclpy's
+        handlers already ignore for timers, subscriptions, clients and services but not for waitables such as QoS
+        event handlers."""
         for done in [t for t in self._running if t.done()]:
             self._running.remove(done)
-            done.result()  # raise any exception of the callback, as rclpy does
+            try:
+                done.result()
+            except InvalidHandle:
+                pass

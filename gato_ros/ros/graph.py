@@ -124,7 +124,7 @@ def dds_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     enough for camera frames over 512 kB (config/fastdds.xml says why), unless the user chose a profile file or
     another middleware. Empty when nothing is to be added."""
     env = os.environ if environ is None else environ
-    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") not in FAST_DDS_RMWS:
+    if (env.get("RMW_IMPLEMENTATION") or "rmw_fastrtps_cpp") not in FAST_DDS_RMWS:  # unset or empty: Fast DDS
         return {}
     if any(env.get(name) for name in PROFILE_VARIABLES):
         return {}

@@ -22,7 +22,7 @@ from typing import IO
 
 import yaml
 
-from gato_ros.ros.graph import NodeSpec, active_nodes, dds_environment
+from gato_ros.ros.graph import NodeSpec, active_nodes
 
 
 def node_command(spec: NodeSpec, overrides_file: str) -> list[str]:
@@ -51,7 +51,6 @@ class GraphProcesses:
         self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ if env is None else env)
-        self.env.update(dds_environment(self.env))  # large camera frames over shared memory (config/fastdds.xml)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.procs: dict[str, subprocess.Popen] = {}
         self._pumps: list[threading.Thread] = []

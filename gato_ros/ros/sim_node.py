@@ -377,7 +377,7 @@ class SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `gato_sim_node`."""
-    return run_node(SimNode, "gato_sim", args)
+    return run_node(SimNode, "gato_sim", args, large_frames=True)  # image_size may make frames of any size
 
 
 if __name__ == "__main__":
