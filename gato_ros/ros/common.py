@@ -83,7 +83,6 @@ def run_node(make_node, label: str, args: list[str] | None = None, threads: int 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from gato_ros.ros.executor import ThreadedExecutor
-
     from gato_ros.ros.graph import dds_environment
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
