@@ -106,10 +106,25 @@ def test_camera_stop_holds_within_two_periods_then_resumes(running):
     assert quiet == [], "the node kept commanding with a stale image"
     assert h.wait_for(lambda: "image on /camera/image_raw is" in h.last_diagnostics().get("hold_reason", ""), 3)
     assert h.last_diagnostics()["_level"] == 1  # WARN
+    assert "fastdds.xml" not in h.last_diagnostics()["hold_reason"]  # 12 kB frames: no transport hint
     h.image_msg = rgb_image(64, 64, seed=1)  # camera back
     resumed = time.monotonic()
     assert h.wait_for(lambda: len(h.commands_since(resumed)) >= 5, timeout=10), "did not resume"
     assert_safe_sequence([c for _, c in h.commands], STEP)
+
+
+def test_stale_frames_over_512_kb_name_the_fast_dds_profile(running):
+    """640x480 rgb8 (921,600 B) frames that stop coming: the hold reason points at config/fastdds.xml, since Fast
+    DDS's default transports lose nearly every such frame (test_dds_profile) and that looks like a stopped camera."""
+    r = running(enable_on_start=True, instruction="reach the red ball")
+    h = r.harness
+    h.image_msg = rgb_image(480, 640)
+    h.start_streams()
+    assert h.wait_for(lambda: len(h.commands) >= 3, timeout=20), h.last_diagnostics()
+    h.image_msg = None  # no more frames
+    assert h.wait_for(lambda: "config/fastdds.xml" in h.last_diagnostics().get("hold_reason", ""), timeout=5), (
+        h.last_diagnostics())
+    assert "image on /camera/image_raw is" in h.last_diagnostics()["hold_reason"]
 
 
 def test_enable_false_stops_motion_and_estop_latches(running):

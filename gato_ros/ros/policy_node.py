@@ -48,6 +48,9 @@ from gato_ros.safety import SafetyConfig, SafetyFilter
 # proportional to (model size x side x channels): a 1x1000000 mono8 frame (1 MB on the wire) took 3.8 s and 780 MB
 # in one tick before this bound. 8192 px covers every camera up to 8K.
 MAX_IMAGE_SIDE = 8192
+# Fast DDS's default shared-memory segment: a best-effort frame larger than this is mostly lost unless the camera
+# driver publishes with config/fastdds.xml (a stale-image hold then says so)
+LARGE_FRAME_BYTES = 512 * 1024
 
 
 def percentile_ms(values, q: float) -> float:
@@ -358,7 +361,11 @@ class PolicyNode(Node):
         order, or the sensor's clock jumped back: one tick holds, the next message is judged against this one)."""
         timeout = self.config.sensor_timeout_s
         if now - rx > timeout:
-            return f"{what} on {topic} is {now - rx:.2f} s old (sensor_timeout_s={timeout:g})"
+            text = f"{what} on {topic} is {now - rx:.2f} s old (sensor_timeout_s={timeout:g})"
+            if what == "image" and len(msg.data) > LARGE_FRAME_BYTES:
+                text += ("; its frames are over 512 kB, which Fast DDS mostly drops unless the camera driver runs "
+                         "with config/fastdds.xml (FASTDDS_DEFAULT_PROFILES_FILE; README, 'A real camera')")
+            return text
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if not (self.config.check_stamps and stamp_ns > 0):
             return None
