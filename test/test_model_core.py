@@ -68,17 +68,24 @@ def test_mixed_layouts_and_empty_data_named():
         check_episodes([])
 
 
-def _tiny():
+def _tiny(**overrides):
     torch.manual_seed(0)
-    cfg = preset("gato-tiny")
+    cfg = preset("gato-tiny", **overrides)
     return cfg, GatoModel(cfg).eval()
 
 
-def test_cached_forward_equals_full_forward():
+@pytest.mark.parametrize("coords", [False, True])
+def test_cached_forward_equals_full_forward(coords):
     """Incremental calls over the prefix + ring cache (the exported function) reproduce the full-context
-    forward with the sliding-window mask, here over an episode that wraps the ring twice."""
-    cfg, model = _tiny()
-    eps = synthetic_episodes(1, cfg.window_steps + 3)  # the ring wraps
+    forward with the sliding-window mask, here over an episode that wraps the ring twice. With coordinate channels
+    the exported function takes their share of the patch stem from a per-cell table, the training forward from
+    concatenated planes: the same logits."""
+    eps = synthetic_episodes(1, preset("gato-tiny").window_steps + 3)  # the ring wraps
+    spec = check_episodes(eps)
+    cfg, model = _tiny(spec=spec, patch_coords=True, pos_bins=4) if coords else _tiny()
+    if coords:
+        with torch.no_grad():  # a stem that reads the coordinate planes (random weights do anyway; make it count)
+            model.embed.patch.stem.weight[:, -2:] *= 10.0
     norm = fit_normalizer(eps, cfg.action_mode)
     data = EpisodeSequences(eps, cfg, norm)
     T = len(eps[0].actions)

@@ -62,6 +62,28 @@ class PatchEmbedding(nn.Module):
         self.film = nn.Linear(cfg.instruction_features, 2 * self.features) if cfg.instruction_features else None
         self.out_norm = nn.LayerNorm(cfg.d_model) if cfg.patch_norm else None
 
+    def _cells(self, row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) grid row and column of each patch's cell, from its position bins."""
+        return tuple(torch.div(bins * n, self.pos_bins, rounding_mode="floor")
+                     for bins, n in ((row, self.grid[0]), (col, self.grid[1])))  # type: ignore[return-value]
+
+    def _coordinate_term(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """(N, c, p/s, p/s): the stem's response to the coordinate channels, looked up per cell. The stem is a
+        convolution, linear in its input, and the coordinate channels depend only on the patch's cell, so the export
+        convolves the image channels alone and adds this: a table of grid cells x the stem's output (the graph's
+        constants, folded by ONNX Runtime at load) instead of ~30 small ops building the coordinate planes every
+        call. Equal to the concatenated form up to float rounding (test_model_core)."""
+        gr, gc = self.grid
+        cell_r = torch.arange(gr).repeat_interleave(gc)
+        cell_c = torch.arange(gc).repeat(gr)
+        # any bin of a cell gives that cell: the first bin of each
+        first = [torch.div(cell * self.pos_bins + n - 1, n, rounding_mode="floor") for cell, n in
+                 ((cell_r, gr), (cell_c, gc))]
+        planes = self._coordinates(first[0], first[1]).to(self.stem.weight.dtype)  # (cells, 2, p, p)
+        table = F.conv2d(planes, self.stem.weight[:, self.in_ch:], None, stride=self.stem.stride)
+        r, c = self._cells(row, col)
+        return table[r * gc + c]
+
     def _coordinates(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         """(N, 2, p, p) image coordinates in [-1, 1] (y, x) of every pixel of each patch. The patch's cell comes
         from its position bin (training draws a random bin inside the cell's span; any bin of the span gives the
@@ -85,14 +107,19 @@ class PatchEmbedding(nn.Module):
             nn.init.zeros_(self.film.bias)
 
     def forward(self, patches: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
-                film: torch.Tensor | None = None) -> torch.Tensor:
+                film: torch.Tensor | None = None, folded: bool = False) -> torch.Tensor:
         """patches (N, p*p*C) in the tokenizer's (y, x, channel) order; film (N or 1, 2 * features): `self.film`
-        of the instruction features (None without conditioning)."""
+        of the instruction features (None without conditioning). `folded`: the coordinate channels' share of the
+        stem from a per-cell table (`_coordinate_term`; the exported graphs), not from concatenated planes."""
         n = patches.shape[0]
         x = patches.reshape(n, self.patch_size, self.patch_size, self.in_ch).permute(0, 3, 1, 2)
-        if self.coords:
-            x = torch.cat((x, self._coordinates(row, col)), dim=1)  # (N, C + 2, p, p)
-        x = self.stem(x)  # (N, c, 4, 4)
+        if self.coords and folded:
+            x = F.conv2d(x, self.stem.weight[:, :self.in_ch], self.stem.bias, stride=self.stem.stride)
+            x = x + self._coordinate_term(row, col)  # (N, c, 4, 4)
+        elif self.coords:
+            x = self.stem(torch.cat((x, self._coordinates(row, col)), dim=1))  # (N, C + 2, p, p) -> (N, c, 4, 4)
+        else:
+            x = self.stem(x)  # (N, c, 4, 4)
         h = self.conv1(F.gelu(self.norm1(x)))
         h = self.conv2(F.gelu(self.norm2(h)))
         x = (x + h).flatten(1)  # (N, features)
@@ -137,7 +164,7 @@ class GatoEmbedding(nn.Module):
         """Export form of `forward` (T,): embeds every position's patch and selects, so shapes stay static;
         text_feat (F,)."""
         film = self.patch.film(text_feat[None]) if self.patch.film is not None else None  # (1, 2 * features)
-        img = self.patch(patches, row_bin, col_bin, film)  # (T, d)
+        img = self.patch(patches, row_bin, col_bin, film, folded=True)  # (T, d)
         x = torch.where(is_image.unsqueeze(-1), img, self.token(tokens))
         return x + self.local(local_pos) + self.prefix(prefix_pos)
 
