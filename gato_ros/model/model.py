@@ -74,8 +74,8 @@ class PatchEmbedding(nn.Module):
         constants, folded by ONNX Runtime at load) instead of ~30 small ops building the coordinate planes every
         call. Equal to the concatenated form up to float rounding (test_model_core)."""
         gr, gc = self.grid
-        cell_r = torch.arange(gr).repeat_interleave(gc)
-        cell_c = torch.arange(gc).repeat(gr)
+        cell_r = torch.arange(gr, device=row.device).repeat_interleave(gc)
+        cell_c = torch.arange(gc, device=row.device).repeat(gr)
         # any bin of a cell gives that cell: the first bin of each
         first = [torch.div(cell * self.pos_bins + n - 1, n, rounding_mode="floor") for cell, n in
                  ((cell_r, gr), (cell_c, gc))]
@@ -90,9 +90,9 @@ class PatchEmbedding(nn.Module):
         cell), so the coordinates are exact at training and inference alike."""
         p = self.patch_size
         cells = []
-        for bins, n in ((row, self.grid[0]), (col, self.grid[1])):
-            cell = torch.div(bins * n, self.pos_bins, rounding_mode="floor").to(torch.float32)  # (N,)
-            offset = torch.arange(p, dtype=torch.float32, device=bins.device) + 0.5  # (p,)
+        for cell, n in zip(self._cells(row, col), self.grid):
+            cell = cell.to(torch.float32)  # (N,)
+            offset = torch.arange(p, dtype=torch.float32, device=cell.device) + 0.5  # (p,)
             cells.append((cell[:, None] * p + offset[None]) * (2.0 / (n * p)) - 1.0)  # (N, p)
         y, x = cells
         return torch.stack((y[:, :, None].expand(-1, p, p), x[:, None, :].expand(-1, p, p)), dim=1)
