@@ -83,7 +83,15 @@ def test_large_frames_arrive_with_the_profile():
 
 def test_large_frames_are_lost_with_the_default_segment():
     """Pinned Fast DDS behaviour (3.2): if this fails, the default transports carry large best-effort samples and
-    config/fastdds.xml can go."""
+    config/fastdds.xml can go. The loss comes from the frame's UDP fragments overflowing the socket's receive buffer
+    (net.core.rmem_default, 212,992 B on the development machine); a kernel whose default buffer holds two whole
+    frames may deliver them, so the pin only applies below that."""
+    try:
+        rmem = int(open("/proc/sys/net/core/rmem_default").read())
+    except (OSError, ValueError):
+        rmem = 0
+    if rmem >= 2 * 640 * 480 * 3:
+        pytest.skip(f"net.core.rmem_default={rmem}: this kernel's UDP buffer holds whole frames")
     received = frames_received(plain_env())
     assert received < 0.5 * FRAMES, f"{received} of {FRAMES} frames without the profile"
 
