@@ -1,5 +1,5 @@
 """config/fastdds.xml on real Fast DDS: 640x480 rgb8 camera frames over best-effort QoS between two processes arrive
-with the profile our launchers set (graph.dds_environment), and are lost without it (the default 512 kB
+with the profile frame publishers set (graph.dds_environment), and are lost without it (the default 512 kB
 shared-memory segment; pinned, so this test says when a Fast DDS update makes the profile unnecessary). Plus
 dds_environment's rules: a profile the user chose, or another middleware, is left alone."""
 import os

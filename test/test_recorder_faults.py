@@ -65,7 +65,7 @@ def test_disk_full_stops_recording_and_control_continues(tmp_path, tmp_path_fact
     # (a 549,408-byte segment with the default transports): with a 256 KiB limit the recorder failed to create its
     # segment part-way, and a later test's node in the same domain then hung once in ten runs while destroying its
     # DDS entities (stacks from run_node's shutdown guard). 2 MiB leaves DDS alone and the bag still fills it.
-    # Fast DDS's default transports (512 kB segment), not config/fastdds.xml's 16 MB one, which run_node would set
+    # Fast DDS's default transports (512 kB segment) whatever profile the environment names (8 MB would not fit)
     defaults = tmp_path / "fastdds_defaults.xml"
     defaults.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<dds xmlns="http://www.eprosima.com"><profiles>'
                         '<participant profile_name="defaults" is_default_profile="true"><rtps/></participant>'
