@@ -347,10 +347,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             from gato_ros.ros.bench_ros import bench_ros_tick
 
             say("time the policy node's tick")
-            provider = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}.get(
-                policy.provider, "cpu")
-            result["ros"] = bench_ros_tick(str(bundle_dir), ticks, warmup=cfg.window_steps + 2, threads=threads,
-                                           execution_provider=provider, **ros)
+            result["ros"] = bench_ros_tick(policy, ticks, warmup=cfg.window_steps + 2, **ros)
         say("measure machine")
         # On a GPU the limits are the GPU's (measured through CuPy, which a GPU-resident cache needs anyway); without
         # CuPy they are the CPU's, and `machine.limits_of` says so.

@@ -34,7 +34,7 @@ def test_soak_reports_memory_ticks_misses_and_drops():
     assert report["messages"]["joint_states"]["published"] > report["messages"]["images"]["published"]
     # 921,600-byte frames need config/fastdds.xml's shared-memory segment (without it ~2% arrived, and the node
     # held on stale frames); the soak sets it for its camera process, as a camera driver must have it
-    assert report["dds_profile"] and Path(report["dds_profile"]).name == "fastdds.xml"
+    assert report["camera_dds_profile"] and Path(report["camera_dds_profile"]).name == "fastdds.xml"
     images = report["messages"]["images"]
     assert images["received"] >= 0.5 * images["published"], images
     assert 0 < report["commands"]["published"] <= report["ticks"]

@@ -39,12 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ros", action="store_true",
                         help="also time the policy node's tick (rclpy, in this process): camera and joint-state "
                              "conversion, the model, building and publishing the command (JSON key \"ros\")")
-    parser.add_argument("--ros-image", default="640x480", metavar="WxH",
-                        help="camera frame size for --ros, rgb8 (default %(default)s; the node resizes to the "
-                             "bundle's size)")
+    parser.add_argument("--ros-image", default=(640, 480), type=_frame_size, metavar="WxH",
+                        help="camera frame size for --ros, rgb8 (default 640x480; the node resizes to the bundle's "
+                             "size)")
     parser.add_argument("--command-interface", default="position_array", choices=["position_array", "joint_trajectory"],
                         help="command message for --ros (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 640x480") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return w, h
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,15 +71,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("no --model or --config given and models/gato_arm_small is missing; "
                              "pass --config gato-small to time a random model of the shipped size")
         model = str(default)
-    ros = None
-    if args.ros:
-        try:
-            w, h = (int(v) for v in args.ros_image.lower().split("x"))
-        except ValueError:
-            raise SystemExit(f"--ros-image {args.ros_image!r}: give WIDTHxHEIGHT, e.g. 640x480") from None
-        if w < 1 or h < 1:
-            raise SystemExit(f"--ros-image {args.ros_image!r}: width and height must be positive")
-        ros = {"image_size": (w, h), "command_interface": args.command_interface}
+    ros = {"image_size": args.ros_image, "command_interface": args.command_interface} if args.ros else None
     bar = tqdm(total=None, desc="bench", disable=args.json, bar_format="{desc}: {postfix}")
 
     def progress(msg: str) -> None:

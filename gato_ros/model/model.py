@@ -76,10 +76,7 @@ class PatchEmbedding(nn.Module):
         gr, gc = self.grid
         cell_r = torch.arange(gr, device=row.device).repeat_interleave(gc)
         cell_c = torch.arange(gc, device=row.device).repeat(gr)
-        # any bin of a cell gives that cell: the first bin of each
-        first = [torch.div(cell * self.pos_bins + n - 1, n, rounding_mode="floor") for cell, n in
-                 ((cell_r, gr), (cell_c, gc))]
-        planes = self._coordinates(first[0], first[1]).to(self.stem.weight.dtype)  # (cells, 2, p, p)
+        planes = self._planes(cell_r, cell_c).to(self.stem.weight.dtype)  # (cells, 2, p, p)
         table = F.conv2d(planes, self.stem.weight[:, self.in_ch:], None, stride=self.stem.stride)
         r, c = self._cells(row, col)
         return table[r * gc + c]
@@ -88,13 +85,16 @@ class PatchEmbedding(nn.Module):
         """(N, 2, p, p) image coordinates in [-1, 1] (y, x) of every pixel of each patch. The patch's cell comes
         from its position bin (training draws a random bin inside the cell's span; any bin of the span gives the
         cell), so the coordinates are exact at training and inference alike."""
+        return self._planes(*self._cells(row, col))
+
+    def _planes(self, cell_r: torch.Tensor, cell_c: torch.Tensor) -> torch.Tensor:
+        """(N, 2, p, p) coordinate planes of the patches in grid cells (cell_r, cell_c), each (N,)."""
         p = self.patch_size
-        cells = []
-        for cell, n in zip(self._cells(row, col), self.grid):
-            cell = cell.to(torch.float32)  # (N,)
+        axes = []
+        for cell, n in ((cell_r, self.grid[0]), (cell_c, self.grid[1])):
             offset = torch.arange(p, dtype=torch.float32, device=cell.device) + 0.5  # (p,)
-            cells.append((cell[:, None] * p + offset[None]) * (2.0 / (n * p)) - 1.0)  # (N, p)
-        y, x = cells
+            axes.append((cell.to(torch.float32)[:, None] * p + offset[None]) * (2.0 / (n * p)) - 1.0)  # (N, p)
+        y, x = axes
         return torch.stack((y[:, :, None].expand(-1, p, p), x[:, None, :].expand(-1, p, p)), dim=1)
 
     def init_conditioning(self) -> None:

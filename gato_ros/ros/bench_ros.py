@@ -7,7 +7,8 @@
                                                       ├ publish_command: safety filter's command -> message -> DDS
                                                       └ other: safety filter, locks, bookkeeping, ~/timing
 
-A real rclpy node on its own context with a subscriber on the command topic (so the publish has a matched reader
+A real rclpy node around the benchmark's own runtime policy (the same sessions, provider and threads), on its own
+context, with a subscriber on the command topic (so the publish has a matched reader
 and serialises), the bundle's joints, instruction fixed, enabled. Messages are fresh objects with current stamps
 for every tick (the node converts an image once per message), built outside the timed region; the arm "follows"
 each command (the next joint state is the last command) so the tracking check never holds. A tick that held
@@ -22,11 +23,10 @@ from typing import Any
 import numpy as np
 
 
-def bench_ros_tick(bundle_dir: str, ticks: int, warmup: int, image_size: tuple[int, int] = (640, 480),
-                   encoding: str = "rgb8", command_interface: str = "position_array", threads: int = 1,
-                   execution_provider: str = "cpu", seed: int = 0) -> dict[str, Any]:
-    """Time `ticks` node ticks after `warmup` untimed ones; see the module docstring. `image_size` is (width,
-    height) of the camera frames."""
+def bench_ros_tick(policy: Any, ticks: int, warmup: int, image_size: tuple[int, int] = (640, 480),
+                   encoding: str = "rgb8", command_interface: str = "position_array", seed: int = 0) -> dict[str, Any]:
+    """Time `ticks` node ticks of a PolicyNode around `policy` (a loaded RuntimePolicy) after `warmup` untimed
+    ones; see the module docstring. `image_size` is (width, height) of the camera frames."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -43,11 +43,10 @@ def bench_ros_tick(bundle_dir: str, ticks: int, warmup: int, image_size: tuple[i
     rclpy.init(context=context)
     node = listener = None
     try:
-        params = {"model_path": str(bundle_dir), "enable_on_start": True, "instruction": "reach the red ball",
-                  "command_interface": command_interface, "inference_threads": threads,
-                  "execution_provider": execution_provider, "cpu_dma_latency_us": -1}
-        node = PolicyNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()], context=context,
-                          node_name="gato_bench_policy")
+        params = {"enable_on_start": True, "instruction": "reach the red ball",
+                  "command_interface": command_interface, "cpu_dma_latency_us": -1}
+        node = PolicyNode(policy, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+                          context=context, node_name="gato_bench_policy")
         listener = rclpy.create_node("gato_bench_listener", context=context)
         delivered = []
         msg_type = Float64MultiArray if command_interface == "position_array" else JointTrajectory
@@ -67,7 +66,7 @@ def bench_ros_tick(bundle_dir: str, ticks: int, warmup: int, image_size: tuple[i
             return wrapper
 
         node._observe = timed("convert_inputs", node._observe)
-        node.policy.act = timed("policy_act", node.policy.act)
+        policy.act = timed("policy_act", policy.act)  # an instance attribute over the method: removed below
         node._publish_command = timed("publish_command", node._publish_command)
 
         rng = np.random.default_rng(seed)
@@ -114,6 +113,7 @@ def bench_ros_tick(bundle_dir: str, ticks: int, warmup: int, image_size: tuple[i
             "commands_delivered": len(delivered),  # read back over DDS after the run (the listener keeps 10)
         }
     finally:
+        policy.__dict__.pop("act", None)
         if node is not None:
             node.destroy_node()
         if listener is not None:

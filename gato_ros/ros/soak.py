@@ -184,10 +184,13 @@ def run_soak(args: SoakArgs, progress=None) -> dict:
     executor.add_node(collector)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    # The robot publishes the camera frames (640x480: over Fast DDS's default 512 kB segment), so it runs with
+    # config/fastdds.xml, as a camera driver must; only a publisher's segment matters
+    robot_env = {**os.environ, **dds_environment()}
     robot = subprocess.Popen(
         [sys.executable, "-m", "gato_ros.ros.soak", "--robot", "--model", args.model, "--camera-hz",
          str(args.camera_hz), "--joints-hz", str(args.joints_hz), "--width", str(args.width), "--height",
-         str(args.height)], stdout=subprocess.PIPE, text=True)
+         str(args.height)], stdout=subprocess.PIPE, text=True, env=robot_env)
     try:
         while not node.commands:  # warm-up starts at the first command: the robot is connected, the model runs
             if robot.poll() is not None:
@@ -212,6 +215,7 @@ def run_soak(args: SoakArgs, progress=None) -> dict:
         published = json.loads(out.strip().splitlines()[-1])
         time.sleep(0.5)  # the last messages in flight reach the node
         report = _report(args, node, counted, window, rss_start, rss_end, published)
+        report["camera_dds_profile"] = next((robot_env[v] for v in PROFILE_VARIABLES if robot_env.get(v)), None)
     finally:
         if robot.poll() is None:
             robot.kill()
@@ -247,7 +251,6 @@ def _report(args, node, counted, window, rss_start, rss_end, published) -> dict:
         "ticks": ticks,
         "deadline_misses": {"count": misses, "pct": 100.0 * misses / ticks if ticks else 0.0},
         "messages": messages,
-        "dds_profile": next((os.environ[v] for v in PROFILE_VARIABLES if os.environ.get(v)), None),
         # "published": over the measured window; the robot counts the whole run, so compare it with published_total
         "commands": {"published": counted["commands"], "published_total": node.commands,
                      "received_by_robot": int(published["commands"])},
@@ -258,9 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m gato_ros.ros.soak [--duration S] [--json]`; see the module docstring."""
     args, robot = parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS stays on this machine
-    # 640x480 frames are larger than Fast DDS's default shared-memory segment (config/fastdds.xml); the robot
-    # process inherits the profile, as a camera driver must
-    os.environ.update(dds_environment())
     if robot:
         return run_robot(args)
 
