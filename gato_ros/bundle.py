@@ -16,8 +16,10 @@ Files:
 outputs), `provenance`, `export_check`, `eval`.
 
 Graph interface (H heads, Dh head dim, P prefix slots, R ring slots, L layers; see `gato_ros.model.model`):
-inputs `tokens` (T,) int64, `patches` (T, p*p*C) f32, `is_image` (T,) bool, `local_pos`, `row_bin`, `col_bin`,
-`prefix_pos` (T,) int64, only when `model.instruction_features` > 0 `text_feat` (F,) f32
+inputs `tokens` (T,) int64, `patches` (N, p*p*C) f32 (the N image positions among the T, at least one row),
+`patch_row_bin`, `patch_col_bin` (N,) int64, `embed_index` (T,) int64 (the row of [token embeddings; patch
+embeddings] each position takes; `gato_ros.sequence.ContextBuilder.embed_inputs`), `local_pos`, `prefix_pos` (T,)
+int64, only when `model.instruction_features` > 0 `text_feat` (F,) f32
 (`gato_ros.sequence.instruction_features`, for the instruction-conditioned patch embedding), `rope_cos`,
 `rope_sin` (T, Dh) f32 (full-width, `gato_ros.sequence.rope_full`), `mask` (T, P+R+T) f32 additive over [prefix
 slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P) unrotated, `ring_k_l` (H, Dh, R) rotated,
@@ -37,7 +39,10 @@ import numpy as np
 from gato_ros.model.config import GatoConfig
 from gato_ros.sequence import ActionNormalizer
 
-FORMAT = "gato_ros.bundle/1"
+FORMAT = "gato_ros.bundle/2"
+# Format 1 graphs took dense patches (one row per new token, the patch branch run on every position); format 2
+# takes the image positions' patches only. Same weights: a format-1 bundle is re-exported from its model.pt.
+OLD_FORMATS = {"gato_ros.bundle/1": "its graphs take dense patches"}
 CONFIG_FILE = "gato.json"
 GRAPHS = ("prefill", "decode")
 
@@ -49,15 +54,15 @@ def cache_names(n_layers: int) -> list[str]:
 
 
 def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
-    """(name, dtype, shape) of every input of `graph`; "T" marks a dynamic axis (the new tokens; the mask's second
-    axis is P + R + T)."""
+    """(name, dtype, shape) of every input of `graph`; "T" marks the dynamic axis of the new tokens (the mask's second
+    axis is P + R + T), "N" that of their image patches."""
     H, Dh, P, R = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
     T = "T"
     out: list[tuple[str, str, tuple]] = []
     if graph == "prefill":
-        out += [("tokens", "int64", (T,)), ("patches", "float32", (T, cfg.patch_dim)), ("is_image", "bool", (T,)),
-                ("local_pos", "int64", (T,)), ("row_bin", "int64", (T,)), ("col_bin", "int64", (T,)),
-                ("prefix_pos", "int64", (T,))]
+        out += [("tokens", "int64", (T,)), ("patches", "float32", ("N", cfg.patch_dim)),
+                ("patch_row_bin", "int64", ("N",)), ("patch_col_bin", "int64", ("N",)), ("embed_index", "int64", (T,)),
+                ("local_pos", "int64", (T,)), ("prefix_pos", "int64", (T,))]
         if cfg.instruction_features:
             out += [("text_feat", "float32", (cfg.instruction_features,))]
     else:
@@ -140,8 +145,12 @@ class Bundle:
             meta = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise BundleError(f"{f}: not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise BundleError(f"{f}: format {meta.get('format')!r}, this runtime reads {FORMAT!r}")
+        fmt = meta.get("format")
+        if fmt in OLD_FORMATS and (p / "model.pt").is_file():
+            raise BundleError(f"{f}: format {fmt!r} ({OLD_FORMATS[fmt]}), this runtime reads {FORMAT!r}; re-export "
+                              f"its graphs from its weights, keeping its records: gato-ros export --upgrade {p}")
+        if fmt != FORMAT:
+            raise BundleError(f"{f}: format {fmt!r}, this runtime reads {FORMAT!r}")
         return cls(p, meta)
 
 

@@ -99,22 +99,22 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 def _check_graph(sess: ort.InferenceSession, path: Path, cfg, graph: str) -> None:
     """Raise BundleError naming `path` when the graph's inputs/outputs disagree with gato.json's config."""
-    def dims(shape) -> tuple:
-        return tuple(d if isinstance(d, int) else "T" for d in shape)
+    def dims(shape) -> tuple:  # any symbolic axis as "?"
+        return tuple(d if isinstance(d, int) else "?" for d in shape)
 
     got = {i.name: (_ORT_TYPES.get(i.type, i.type), dims(i.shape)) for i in sess.get_inputs()}
     for name, dtype, shape in graph_inputs(cfg, graph):
         if name not in got:
             raise BundleError(f"{path}: graph has no input {name!r} that gato.json's model config implies "
                               f"(graph inputs: {sorted(got)})")
-        if got[name] != (dtype, tuple(shape)):
+        if got[name] != (dtype, dims(shape)):
             raise BundleError(f"{path}: input {name!r} is {got[name][0]} {got[name][1]}, gato.json's model config "
                               f"implies {dtype} {tuple(shape)}")
     outs = {o.name: dims(o.shape) for o in sess.get_outputs()}
     for name, _, shape in graph_outputs(cfg, graph):
         if name not in outs:
             raise BundleError(f"{path}: graph has no output {name!r}")
-        if name == "logits" and outs[name] != tuple(shape):
+        if name == "logits" and outs[name] != dims(shape):
             raise BundleError(f"{path}: output 'logits' is {outs[name]}, gato.json implies {tuple(shape)}")
 
 
@@ -304,7 +304,7 @@ class RuntimePolicy:
         cs.io["tokens"][:lead] = self._pending if lead else 0
         cs.io["tokens"][lead:lead + obs] = step.tokens[0, :obs]
         cs.io["tokens"][lead + obs:] = guess
-        cs.io["patches"][cs.image_rows] = step.patches[0]
+        cs.io["patches"][:len(cs.image_rows)] = step.patches[0]  # the image rows' patches, in order
         rows = self._run_set(cs)  # (min(T, A), nb): last rows predict actions 0..len(guess)
         logits = rows[-(len(guess) + 1):]
         best = logits.argmax(1) + self.tok.bin_offset  # greedy token after each row's input
@@ -426,9 +426,9 @@ class RuntimePolicy:
         self._prefix_mask.fill(NEG_INF)
         self.prefix_k.fill(0.0)
         self.values[:, :, :cfg.prefix_slots].fill(0.0)
-        feeds = {name: np.ascontiguousarray(ctx[name][:n]) for name in
-                 ("tokens", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")}
-        feeds["patches"] = np.ascontiguousarray(self.ctx.dense_patches(ctx)[:n])
+        feeds = {"tokens": np.ascontiguousarray(ctx["tokens"][:n]),
+                 **self.ctx.embed_inputs(ctx["patches"], ctx["is_image"][:n], ctx["row_bin"][:n], ctx["col_bin"][:n]),
+                 **{name: np.ascontiguousarray(ctx[name][:n]) for name in ("local_pos", "prefix_pos")}}
         if cfg.instruction_features:
             feeds["text_feat"] = self._text_feat
         feeds["rope_cos"], feeds["rope_sin"] = rope_full(ctx["rope_cos"][:n], ctx["rope_sin"][:n])
@@ -498,14 +498,11 @@ class _CallSet:
         self.graph = "decode" if offsets.min() >= ctx.obs_len else "prefill"  # action tokens only: no image branch
         io = {"tokens": np.zeros(T, np.int64)}
         if self.graph == "prefill":
-            io.update({
-                "patches": np.zeros((T, cfg.patch_dim), np.float32),
-                "is_image": ctx.is_image[offsets].copy(),
-                "local_pos": ctx.local_pos[offsets].copy(),
-                "row_bin": ctx.eval_row_bin[offsets].copy(),
-                "col_bin": ctx.eval_col_bin[offsets].copy(),
-                "prefix_pos": np.full(T, ctx.prefix_pad, np.int64),
-            })
+            is_image = np.zeros(T, bool)
+            is_image[self.image_rows] = True
+            patches = np.zeros((len(self.image_rows), cfg.patch_dim), np.float32)  # written each tick (`act`)
+            io.update(ctx.embed_inputs(patches, is_image, ctx.eval_row_bin[offsets], ctx.eval_col_bin[offsets]))
+            io.update({"local_pos": ctx.local_pos[offsets].copy(), "prefix_pos": np.full(T, ctx.prefix_pad, np.int64)})
             if cfg.instruction_features:
                 io["text_feat"] = policy._text_feat  # the policy's array: set_instruction rewrites it in place
         io.update({"rope_cos": np.zeros((T, Dh), np.float32), "rope_sin": np.zeros((T, Dh), np.float32),

@@ -195,11 +195,23 @@ class ContextBuilder:
         return row, col
 
     @staticmethod
-    def dense_patches(ctx: dict[str, np.ndarray]) -> np.ndarray:
-        """(L, p*p*C) patches of a single context, zeros at non-image positions (the exported graphs' layout)."""
-        dense = np.zeros((ctx["is_image"].shape[-1], ctx["patches"].shape[-1]), np.float32)
-        dense[ctx["is_image"]] = ctx["patches"]
-        return dense
+    def embed_inputs(patches: np.ndarray, is_image: np.ndarray, row_bin: np.ndarray,
+                     col_bin: np.ndarray) -> dict[str, np.ndarray]:
+        """The exported prefill's patch inputs for T positions (`GatoEmbedding.forward_compact`) from a context's
+        (T,) `is_image`, `row_bin`, `col_bin` and its patches (at least one per image position, in order, as
+        contexts hold them): patches (N, p*p*C) of the N image positions, their bins, and `embed_index` (T,), the
+        row of [token embeddings; patch embeddings] each position takes. Without image positions one zero patch row
+        that no position takes keeps the shapes non-empty."""
+        T, rows = len(is_image), np.flatnonzero(is_image)
+        index = np.arange(T, dtype=np.int64)
+        index[rows] = T + np.arange(len(rows))
+        n = max(len(rows), 1)
+        out = {"patches": np.zeros((n, patches.shape[-1]), np.float32),
+               "patch_row_bin": np.zeros(n, np.int64), "patch_col_bin": np.zeros(n, np.int64)}
+        out["patches"][:len(rows)] = patches[:len(rows)]
+        out["patch_row_bin"][:len(rows)] = row_bin[rows]
+        out["patch_col_bin"][:len(rows)] = col_bin[rows]
+        return {**out, "embed_index": index}
 
     def text_ids(self, instruction: str) -> np.ndarray:
         return self.tok.encode_text(instruction, max_tokens=self.cfg.max_text_tokens)

@@ -266,3 +266,38 @@ def test_instruction_conditioned_bundle_matches_torch_and_reads_the_instruction(
         assert np.max(np.abs(np.stack(policy.trace).reshape(want.shape) - want)) <= 1e-4
         runs[text] = chosen
     assert not np.array_equal(*runs.values())
+
+
+def test_upgrade_reexports_an_old_format_bundle_and_keeps_its_records(bundle, tmp_path):
+    """A bundle written by an older version (format 1: dense-patch graphs) is refused with the command that mends
+    it; `gato-ros export --upgrade` writes new graphs from its model.pt and keeps its evaluation records, model card
+    and pictures."""
+    src, _, _ = bundle
+    old = tmp_path / "old"
+    shutil.copytree(src, old)
+    meta = json.loads((old / "gato.json").read_text())
+    meta["format"] = "gato_ros.bundle/1"
+    meta["eval"] = {"reach": {"success_rate": 0.99, "episodes": 100}}
+    (old / "gato.json").write_text(json.dumps(meta))
+    (old / "prefill.onnx").write_bytes(b"an old graph")  # replaced without being read
+    (old / "README.md").write_text("# hand-written card\n")
+    (old / "loss.png").write_bytes(b"png")
+    with pytest.raises(BundleError, match="gato_ros.bundle/1.*gato-ros export --upgrade"):
+        Bundle.load(old)
+    r = subprocess.run([sys.executable, "-m", "gato_ros.cli", "export", "--upgrade", str(old), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["export_check"]["rollout"]["tokens_equal"]
+    new = json.loads((old / "gato.json").read_text())
+    assert new["format"] == "gato_ros.bundle/2" and new["eval"] == meta["eval"]
+    assert new["provenance"]["graphs_reexported"]["from_format"] == "gato_ros.bundle/1"
+    assert new["provenance"]["git_commit"] == "test"
+    assert (old / "README.md").read_text() == "# hand-written card\n" and (old / "loss.png").read_bytes() == b"png"
+    assert not list(old.glob(".*.new"))
+    policy = RuntimePolicy.load(old, execution_provider="cpu", threads=1)
+    policy.set_instruction("pick up the red cube")
+    obs = random_episode(policy.cfg, 1, 0)
+    assert policy.act({k: v[0] for k, v in obs.items()}).shape == (7,)
+    r = subprocess.run([sys.executable, "-m", "gato_ros.cli", "export", "--upgrade", str(old), "--out", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--upgrade BUNDLE takes no" in r.stderr

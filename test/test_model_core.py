@@ -99,13 +99,16 @@ def test_cached_forward_equals_full_forward(coords):
     cache = [torch.zeros(s) for _ in range(L) for s in ((H, Dh, P), (H, Dh, R), (H, C, Dh))]
     visible = torch.full((C,), float("-inf"))  # prefix part
     ring_step = torch.full((R,), -1)
-    full["dense_patches"] = ctx.dense_patches(full)
-    names = ("tokens", "dense_patches", "is_image", "local_pos", "row_bin", "col_bin", "prefix_pos")
+    patch_of = np.cumsum(full["is_image"]) - 1  # position -> its row of the context's compact patches
     n = int(full["is_prefix"].sum())
     # Prefix call, then one call per token of the episode (decode-like, the strictest case).
     order = [np.arange(n)] + [np.array([i]) for i in range(P, len(full["tokens"]))]
     for idx in order:
-        feeds = [torch.from_numpy(full[k][idx]) for k in names]
+        img = full["is_image"][idx]
+        emb = ctx.embed_inputs(full["patches"][patch_of[idx][img]], img, full["row_bin"][idx], full["col_bin"][idx])
+        feeds = [torch.from_numpy(a) for a in (full["tokens"][idx], emb["patches"], emb["patch_row_bin"],
+                                               emb["patch_col_bin"], emb["embed_index"], full["local_pos"][idx],
+                                               full["prefix_pos"][idx])]
         cos, sin = (torch.from_numpy(a) for a in rope_full(full["rope_cos"][idx], full["rope_sin"][idx]))
         T_new = len(idx)
         is_prefix = bool(full["is_prefix"][idx[0]])

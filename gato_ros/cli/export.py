@@ -1,6 +1,7 @@
 """`gato-ros export`: checkpoint -> model bundle (ONNX prefill/decode graphs + gato.json), checked against torch.
 
     gato-ros export --checkpoint runs/small --out models/gato_arm_small
+    gato-ros export --upgrade models/gato_arm_small     # new graphs from its model.pt, records kept
 
 Fails (exit 1, no bundle written) if ONNX Runtime and torch differ by more than 1e-4 in any logit.
 """
@@ -12,9 +13,13 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="RUN",
+    parser.add_argument("--checkpoint", metavar="RUN",
                         help="run directory (RUN/checkpoint.pt), a .pt file, or a bundle (its model.pt)")
-    parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write, e.g. models/NAME")
+    parser.add_argument("--out", metavar="BUNDLE", help="bundle directory to write, e.g. models/NAME (replaced "
+                        "whole if it exists)")
+    parser.add_argument("--upgrade", metavar="BUNDLE", help="instead of --checkpoint/--out: re-export BUNDLE's graphs "
+                        "from its model.pt in this version's graph format, keeping its evaluation records, model card "
+                        "and pictures (for bundles an older version wrote)")
     parser.add_argument("--name", help="model name recorded in gato.json (default: the directory name)")
     parser.add_argument("--rollout-steps", type=int, help="timesteps of the cached-decoding check "
                         "(default: 2 x window + 2, i.e. the ring buffer wraps twice)")
@@ -27,9 +32,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gato_ros.model.export import ExportCheckError, export_checkpoint
+    from gato_ros.model.export import ExportCheckError, export_checkpoint, upgrade_bundle
     from gato_ros.model.train import load_checkpoint
 
+    if args.upgrade and (args.checkpoint or args.out or args.precision != "fp32" or args.name):
+        print("export: --upgrade BUNDLE takes no --checkpoint, --out, --name or --precision (it keeps the bundle's)",
+              file=sys.stderr)
+        return 2
+    if not args.upgrade and not (args.checkpoint and args.out):
+        print("export: give --checkpoint RUN and --out BUNDLE (or --upgrade BUNDLE)", file=sys.stderr)
+        return 2
+    if args.upgrade:
+        try:
+            meta = upgrade_bundle(args.upgrade)
+        except (ExportCheckError, FileNotFoundError) as e:
+            print(f"export failed: {e}", file=sys.stderr)
+            return 1
+        args.out = args.upgrade
+        check = meta["export_check"]
+        if args.json:
+            print(json.dumps({"bundle": args.out, "export_check": check}))
+        else:
+            print(f"re-exported the graphs of {args.out} ({meta['provenance']['graphs_reexported']['from_format']} -> "
+                  f"{meta['format']}); ONNX vs torch max |logit diff| {check['rollout']['max_abs_logit_diff']:.2e}")
+        return 0
     ckpt = load_checkpoint(args.checkpoint)
     stages = ["export prefill", "export decode", "check graphs", "check cached rollout"]
     if args.precision == "int8":

@@ -61,19 +61,22 @@ class _Decode(nn.Module):
 def example_inputs(cfg: GatoConfig, graph: str, T: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random inputs for `graph` with T new tokens: random cache contents and masks (each row keeps itself)."""
     out: dict[str, np.ndarray] = {}
+    if graph == "prefill":  # about half the new tokens are image positions, their patches compact (N >= 1 rows)
+        is_image = rng.random(T) < 0.5
+        out.update(ContextBuilder.embed_inputs(rng.normal(size=(max(int(is_image.sum()), 1), cfg.patch_dim)),
+                                               is_image, *rng.integers(0, cfg.pos_bins, (2, T))))
     for name, dtype, shape in graph_inputs(cfg, graph):
         shape = tuple((T + cfg.context_tokens if name == "mask" and i == 1 else T) if d == "T" else d
                       for i, d in enumerate(shape))
+        if name in ("patches", "patch_row_bin", "patch_col_bin", "embed_index"):
+            out[name] = out[name].astype(dtype)
+            continue
         if name == "tokens":
             v = rng.integers(0, cfg.vocab_size, shape)
         elif name in ("local_pos",):
             v = rng.integers(0, cfg.observation_tokens + 1, shape)
         elif name in ("prefix_pos",):
             v = rng.integers(0, cfg.prefix_slots + 1, shape)
-        elif name in ("row_bin", "col_bin"):
-            v = rng.integers(0, cfg.pos_bins, shape)
-        elif name == "is_image":
-            v = rng.random(shape) < 0.5
         elif name == "mask":
             v = np.where(rng.random(shape) < 0.3, -np.inf, 0.0)
             c = shape[1] - T  # the new tokens' block: causal, each row keeps itself
@@ -101,7 +104,9 @@ def export_graph(model: GatoModel, graph: str, path: Path) -> None:
     args = tuple(torch.from_numpy(ex[n]) for n in names)
     module = _Prefill(model) if graph == "prefill" else _Decode(model)
     t = torch.export.Dim("T", min=1, max=cfg.context_tokens)
-    axes = {n: {0: t} for n, _, shape in graph_inputs(cfg, graph) if shape and shape[0] == "T"}
+    n_img = torch.export.Dim("N", min=1, max=cfg.context_tokens)
+    dims = {"T": t, "N": n_img}
+    axes = {n: {0: dims[shape[0]]} for n, _, shape in graph_inputs(cfg, graph) if shape and shape[0] in dims}
     axes["mask"] = {0: t, 1: t + cfg.context_tokens}
     dynamic = (tuple(axes.get(n) for n in names),)
     import warnings
@@ -294,6 +299,40 @@ def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def upgrade_bundle(bundle_dir: str | Path, progress=None) -> dict[str, Any]:
+    """Re-export a bundle's graphs from its own `model.pt` in this code's graph format, keeping everything else it
+    holds: gato.json's records (evaluation, provenance, ...), the model card and its pictures, `model.pt`.
+    gato.json's `format`, `graphs` and `export_check` are replaced, and `provenance.graphs_reexported` says when,
+    from which format and with which code. The graphs are checked against torch like any export before anything
+    in the bundle changes. Returns the new gato.json content."""
+    from gato_ros.model.train import git_commit
+
+    d = Path(bundle_dir)
+    cfg_file, weights = d / CONFIG_FILE, d / "model.pt"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{d}: not a bundle with its weights ({CONFIG_FILE} and model.pt needed)")
+    meta = json.loads(cfg_file.read_text())
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    with tempfile.TemporaryDirectory(prefix=f".{d.name}.upgrade.", dir=d.parent) as tmp:
+        fresh = export_checkpoint(ckpt, Path(tmp) / d.name, meta.get("name"), None, progress,
+                                  meta.get("precision", "fp32"))
+        staged = []
+        for g in GRAPHS:  # next to their targets first, so the swap below cannot fail half way for want of space
+            part = d / f".{g}.onnx.new"
+            shutil.copyfile(Path(tmp) / d.name / fresh["graphs"][g]["file"], part)
+            staged.append((part, d / fresh["graphs"][g]["file"]))
+    old_format = meta.get("format")
+    meta.update(format=fresh["format"], graphs=fresh["graphs"], export_check=fresh["export_check"])
+    meta.setdefault("provenance", {})["graphs_reexported"] = {
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "from_format": old_format, "git_commit": git_commit(), "torch": torch.__version__}
+    for part, target in staged:
+        part.replace(target)
+    write_meta(d, meta)
+    Bundle.load(d)
     return meta
 
 

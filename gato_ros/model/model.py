@@ -159,13 +159,15 @@ class GatoEmbedding(nn.Module):
             x = x.masked_scatter(is_image.unsqueeze(-1), img.to(x.dtype))
         return x + self.local(local_pos) + self.prefix(prefix_pos)
 
-    def forward_dense(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos,
-                      text_feat=None) -> torch.Tensor:
-        """Export form of `forward` (T,): embeds every position's patch and selects, so shapes stay static;
-        text_feat (F,)."""
+    def forward_compact(self, tokens, patches, patch_row_bin, patch_col_bin, embed_index, local_pos, prefix_pos,
+                        text_feat=None) -> torch.Tensor:
+        """Export form of `forward` for one call of T new tokens: the patch branch runs on the N image positions
+        only. patches (N, p*p*C) and their position bins patch_row_bin / patch_col_bin (N,); embed_index (T,): the
+        row of [token embeddings (T); patch embeddings (N)] each position takes; text_feat (F,). A call without
+        image positions passes one unused patch row (N >= 1), so every shape stays non-empty."""
         film = self.patch.film(text_feat[None]) if self.patch.film is not None else None  # (1, 2 * features)
-        img = self.patch(patches, row_bin, col_bin, film, folded=True)  # (T, d)
-        x = torch.where(is_image.unsqueeze(-1), img, self.token(tokens))
+        img = self.patch(patches, patch_row_bin, patch_col_bin, film, folded=True)  # (N, d)
+        x = torch.cat((self.token(tokens), img))[embed_index]  # (T, d)
         return x + self.local(local_pos) + self.prefix(prefix_pos)
 
 
@@ -323,8 +325,10 @@ class GatoModel(nn.Module):
             return loss, n, (logits.argmax(-1) - tgt).abs().sum()
         return loss, n
 
-    def forward_cached(self, tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, *rest):
-        """One incremental call (T new tokens, batch 1), the exported prefill. `rest` is, in the order of
+    def forward_cached(self, tokens, patches, patch_row_bin, patch_col_bin, embed_index, local_pos, prefix_pos,
+                       *rest):
+        """One incremental call (T new tokens, N image patches among them, batch 1), the exported prefill (inputs as
+        `GatoEmbedding.forward_compact`). `rest` is, in the order of
         `gato_ros.bundle.graph_inputs`: text_feat (F,) (only with instruction features), rope_cos/rope_sin (T, Dh)
         full-width tables, mask (T, P+R+T), then per layer the cache (prefix keys, ring keys, values).
 
@@ -334,7 +338,8 @@ class GatoModel(nn.Module):
         if self.cfg.instruction_features:
             text_feat, rest = rest[0], rest[1:]
         rope_cos, rope_sin, mask, *cache = rest
-        x = self.embed.forward_dense(tokens, patches, is_image, local_pos, row_bin, col_bin, prefix_pos, text_feat)
+        x = self.embed.forward_compact(tokens, patches, patch_row_bin, patch_col_bin, embed_index, local_pos,
+                                       prefix_pos, text_feat)
         return self._cached_blocks(x, rope_cos, rope_sin, mask, cache)
 
     def decode_cached(self, tokens, rope_cos, rope_sin, mask, *cache):
