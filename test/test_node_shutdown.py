@@ -19,14 +19,24 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
 NODE = textwrap.dedent("""
     import os, sys, threading
-    import rclpy.node
+    import rclpy, rclpy.node
     from gato_ros.ros.common import run_node
 
     class Node(rclpy.node.Node):
         def __init__(self):
             super().__init__("shutdown_probe")
             profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
-            self.create_timer(0.05, lambda: print("spinning", profile, flush=True))
+            self.ticks = 0
+
+            def tick():
+                print("spinning", profile, flush=True)
+                self.ticks += 1
+                if self.ticks == 3 and sys.argv[1] == "error_after_shutdown":
+                    rclpy.shutdown()  # what Ctrl-C's handler does, then the error an executor's next wait raises
+                    raise RuntimeError("failed to initialize wait set: the given context is not valid")
+                if self.ticks == 3 and sys.argv[1] == "error":
+                    raise RuntimeError("a bug in a callback")
+            self.create_timer(0.05, tick)
 
         def destroy_node(self):
             if sys.argv[1] == "hang":
@@ -92,3 +102,14 @@ def test_a_hanging_cleanup_dumps_the_stacks_and_exits_1():
     assert rc == 1, err
     assert elapsed >= SHUTDOWN_GRACE_S - 0.5  # it waited for the clean-up first
     assert "Timeout (0:00:0" in err and "in destroy_node" in err, err  # the dump names the hanging call
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_an_error_from_spin_after_shutdown_is_a_stop_and_one_before_is_not(threads):
+    """Ctrl-C racing the executor's next wait surfaces as an error from spin once the context is shut down: the
+    node then stops as for SIGINT (exit 0); an error while the context is up still fails the node."""
+    rc, err = finish(start("error_after_shutdown", threads), timeout=SHUTDOWN_GRACE_S + 10)
+    assert rc == 0, err
+    assert "shutdown_probe: shutting down" in err and "Traceback" not in err, err
+    rc, err = finish(start("error", threads), timeout=SHUTDOWN_GRACE_S + 10)
+    assert rc != 0 and "a bug in a callback" in err, err
