@@ -301,3 +301,26 @@ def test_upgrade_reexports_an_old_format_bundle_and_keeps_its_records(bundle, tm
     r = subprocess.run([sys.executable, "-m", "gato_ros.cli", "export", "--upgrade", str(old), "--out", "x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--upgrade BUNDLE takes no" in r.stderr
+
+
+def test_export_does_not_replace_a_bundle_holding_records_without_force(bundle, tmp_path):
+    """Exporting over a bundle an export wrote (nothing added) replaces it; over one holding evaluation records, a
+    hand-written card or other files it stops (exit 1) and names them, unless --force."""
+    src, _, _ = bundle
+    out = tmp_path / "mine"
+    shutil.copytree(src, out)
+    cmd = [sys.executable, "-m", "gato_ros.cli", "export", "--checkpoint", str(src / "model.pt"), "--out", str(out),
+           "--rollout-steps", "2", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (out / "loss.png").write_bytes(b"png")
+    meta = json.loads((out / "gato.json").read_text())
+    meta["eval"] = {"reach": {"success_rate": 0.5}}
+    (out / "gato.json").write_text(json.dumps(meta))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "loss.png" in r.stderr and "evaluation records" in r.stderr and "--upgrade" in r.stderr, r.stderr
+    assert (out / "loss.png").exists() and json.loads((out / "gato.json").read_text())["eval"]
+    r = subprocess.run(cmd + ["--force"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "loss.png").exists() and not json.loads((out / "gato.json").read_text())["eval"]

@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+WRITTEN = ("gato.json", "prefill.onnx", "decode.onnx", "model.pt", "README.md")  # what an export writes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="RUN",
                         help="run directory (RUN/checkpoint.pt), a .pt file, or a bundle (its model.pt)")
-    parser.add_argument("--out", metavar="BUNDLE", help="bundle directory to write, e.g. models/NAME (replaced "
-                        "whole if it exists)")
+    parser.add_argument("--out", metavar="BUNDLE", help="bundle directory to write, e.g. models/NAME; an existing "
+                        "bundle there is replaced only if that loses nothing an export does not write again "
+                        "(evaluation records, a model card written by hand, other files), else --force")
+    parser.add_argument("--force", action="store_true", help="replace --out even if that loses such records")
     parser.add_argument("--upgrade", metavar="BUNDLE", help="instead of --checkpoint/--out: re-export BUNDLE's graphs "
                         "from its model.pt in this version's graph format, keeping its evaluation records, model card "
                         "and pictures (for bundles an older version wrote)")
@@ -27,6 +32,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="graph weights: fp32 (checked to 1e-4 against torch) or int8 (faster on CPU; the fp32 "
                         "graphs are checked first, the int8 deviation is recorded)")
     parser.add_argument("--json", action="store_true", help="print the export check as JSON")
+
+
+def would_lose(out: Path) -> list[str]:
+    """What replacing the directory `out` with a fresh export would lose: files an export does not write, gato.json's
+    evaluation records, a model card other than the one an export writes. Empty for a new path or a bundle that
+    an export wrote and nothing changed since."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        return [f"the file {out}"]
+    lost = sorted(p.name for p in out.iterdir() if p.name not in WRITTEN)
+    try:
+        meta = json.loads((out / "gato.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if meta and meta.get("eval"):
+        lost.append("gato.json's evaluation records")
+    card = out / "README.md"
+    if card.is_file():
+        from gato_ros.model.export import model_card
+
+        try:
+            generated = meta is not None and card.read_text() == model_card(meta)
+        except (KeyError, TypeError, IndexError):  # an older or hand-written gato.json
+            generated = False
+        if not generated:
+            lost.append("its model card (README.md)")
+    return lost
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"re-exported the graphs of {args.out} ({meta['provenance']['graphs_reexported']['from_format']} -> "
                   f"{meta['format']}); ONNX vs torch max |logit diff| {check['rollout']['max_abs_logit_diff']:.2e}")
         return 0
+    lost = would_lose(Path(args.out))
+    if lost and not args.force:
+        print(f"export: replacing {args.out} would lose {', '.join(lost)}; write elsewhere, re-export its graphs "
+              f"in place with --upgrade {args.out}, or replace it anyway with --force", file=sys.stderr)
+        return 1
     ckpt = load_checkpoint(args.checkpoint)
     stages = ["export prefill", "export decode", "check graphs", "check cached rollout"]
     if args.precision == "int8":
