@@ -180,24 +180,22 @@ def bench_runtime(policy, ticks: int, warmup: int, seed: int = 0, replay: tuple[
     for i in range(warmup):
         policy.act(obs[i % n_obs])
     tm: list[dict] = []
-    calls = hits = 0
+    calls = 0
     for i in range(ticks):
         if history is not None:
             policy.reset()
             for j in range(history):
                 policy.act(obs[(i + j) % n_obs])
         cached = int((policy._prefix_mask == 0).sum() + (policy._ring_step >= 0).sum())
-        calls0, hits0, policy.timings = policy.graph_calls, policy.runner_up_hits, tm
+        calls0, policy.timings = policy.graph_calls, tm
         policy.act(obs[(i + (history or 0)) % n_obs])
         calls += policy.graph_calls - calls0
-        hits += policy.runner_up_hits - hits0
         policy.timings = None
     each = [d for t in tm for d in t["decode"]]
     return {
         "tick": _pct([t["tick"] for t in tm]),
         "cpu": _pct([t["cpu"] for t in tm]),
         "graph_calls_per_tick": round(calls / ticks, 3),
-        "runner_ups_proven_per_tick": round(hits / ticks, 3),
         "breakdown_ms": {
             "tokenize": _pct([t["tokenize"] for t in tm])["p50"],
             "prefill": _pct([t["prefill"] for t in tm])["p50"],
@@ -286,7 +284,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
                   execution_provider: str = "auto", peers: bool = True, progress=None,
                   precision: str = "fp32", jacobi: bool = True, data: list[str] | None = None,
                   history_steps: int | None = None, kv_device: str = "auto",
-                  ros: dict[str, Any] | None = None, guess_alternatives: int = 1) -> dict[str, Any]:
+                  ros: dict[str, Any] | None = None) -> dict[str, Any]:
     """The DESIGN.md `bench` JSON for a bundle, or for a randomly initialised preset exported to a temp bundle.
 
     `ros` (e.g. {"image_size": (640, 480), "command_interface": "position_array"}): also time the policy node's
@@ -307,9 +305,6 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         policy = RuntimePolicy.load(bundle_dir, execution_provider=execution_provider, threads=threads,
                                     kv_device=kv_device)
         policy.jacobi = jacobi
-        if guess_alternatives < 0:
-            raise ValueError(f"guess_alternatives={guess_alternatives}: must be >= 0")
-        policy.guess_alternatives = guess_alternatives
         cfg = policy.cfg
         if history_steps is not None and not 0 <= history_steps <= cfg.window_steps:
             raise ValueError(f"history_steps={history_steps}: choose 0..{cfg.window_steps} (the model's window)")
@@ -327,8 +322,6 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
             "tokens_per_tick": cfg.step_tokens,
             "graph_calls_per_tick": ours["graph_calls_per_tick"],
             "decoding": "jacobi" if policy.jacobi else "sequential",
-            "guess_alternatives": policy.guess_alternatives if policy.jacobi else 0,
-            "runner_ups_proven_per_tick": ours["runner_ups_proven_per_tick"],
             "inputs": f"replayed episodes from {', '.join(data)}" if data else "8 random observations in turn",
             "context_tokens": cfg.context_tokens,
             "cached_tokens": ours["cached_tokens"],

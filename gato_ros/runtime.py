@@ -184,11 +184,6 @@ class RuntimePolicy:
         self.timings: list[dict] | None = None  # when a list, `act` appends its phase times (s) (benchmark)
         self._calls: list[float] | None = None
         self.jacobi = True  # exact parallel greedy decoding (see `act_tokens`); False: one call per action token
-        # Jacobi calls also try this many runners-up of their first guess (`act_tokens`). Measured on the shipped
-        # bundle, replayed held-out episodes: 1 -> 4.33 graph calls per tick instead of 4.65; 2: 4.52, 3: 4.97 (each
-        # takes the place of a later guess: a call returns at most A rows of logits).
-        self.guess_alternatives = 1
-        self.runner_up_hits = 0  # calls whose runner-up was the right token (benchmark statistics)
         self.graph_calls = 0  # episode-token graph calls so far (benchmark statistics)
         self.reset()
 
@@ -289,10 +284,7 @@ class RuntimePolicy:
         guess is certain, so each call fixes at least one more token, and the result is token for token the
         sequential greedy decode; only keys/values of inputs proven correct enter the cache. The first call also
         carries the observation, with the previous tick's actions as guesses: when the arm moves smoothly a whole
-        tick costs one pass over the weights instead of A. A wrong first guess is often the runner-up of the
-        prediction it came from, so later calls also carry that runner-up in a row that sees only the certain token
-        (a two-branch guess tree, `guess_alternatives`): when it is the greedy token, it and the prediction after it
-        are proven in the same call. With a temperature, tokens are sampled one call each.
+        tick costs one pass over the weights instead of A. With a temperature, tokens are sampled one call each.
         """
         cfg, S, obs, A = self.cfg, self.ctx.S, self.ctx.obs_len, self.cfg.spec.action_size
         t = self._t
@@ -322,34 +314,20 @@ class RuntimePolicy:
             self._calls.append(time.perf_counter())
         final = self._picks(logits, best, n_ok + 1)
         preds = best[n_ok + 1:]
-        src = logits[n_ok + 1:n_ok + 2]
 
-        # Further calls: the last certain token (position p) + guesses for positions p+1..A-2, and
-        # `guess_alternatives` more rows: the runners-up of the first guess, each seeing only the certain token.
+        # Further calls: the last certain token (position p) + guesses for positions p+1..A-2.
         while len(final) < A:
             p = len(final) - 1
-            n_alt = min(self.guess_alternatives, A - 2 - p) if jacobi and len(preds) else 0
-            guess = preds[:A - 2 - p - max(n_alt - 1, 0)] if jacobi else preds[:0]  # at most A rows (logits)
-            cs = self._set(("act", p, 1 + len(guess), n_alt))
-            T = 1 + len(guess) + n_alt
+            guess = preds[:A - 2 - p] if jacobi else preds[:0]
+            cs = self._set(("act", p, 1 + len(guess)))
             cs.io["tokens"][0] = final[-1]
-            cs.io["tokens"][1:1 + len(guess)] = guess
-            if n_alt:
-                cs.io["tokens"][T - n_alt:] = self._runners_up(src[0], n_alt)
-            logits = self._run_set(cs)  # (T, nb): row i < T - n_alt predicts action p + 1 + i; alternatives p + 2
+            cs.io["tokens"][1:] = guess
+            logits = self._run_set(cs)  # (n, nb): row i predicts action p + 1 + i
             best = logits.argmax(1) + self.tok.bin_offset
             n_ok = self._accept(best, guess)
-            hit = np.flatnonzero(cs.io["tokens"][T - n_alt:] == best[0]) if n_alt and n_ok == 0 else ()
-            if len(hit):  # a runner-up was right: it and the prediction after it are proven
-                r = T - n_alt + int(hit[0])
-                self.runner_up_hits += 1
-                self._write(cs, rows=np.array([0, r]))
-                final += self._picks(logits[[0, r]], best[[0, r]], 2)
-                preds, src = best[2:T - n_alt], logits[2:T - n_alt]  # later rows saw the wrong guess: guesses still
-            else:
-                self._write(cs, 1 + n_ok)
-                final += self._picks(logits, best, n_ok + 1)
-                preds, src = best[n_ok + 1:T - n_alt], logits[n_ok + 1:T - n_alt]
+            self._write(cs, 1 + n_ok)
+            final += self._picks(logits, best, n_ok + 1)
+            preds = best[n_ok + 1:]
             if self._calls is not None:
                 self._calls.append(time.perf_counter())
         acts = np.asarray(final[:A], np.int64)
@@ -368,17 +346,6 @@ class RuntimePolicy:
         wrong = best[:n] != guess
         return int(wrong.argmax()) if wrong.any() else n
 
-    def _runners_up(self, row: np.ndarray, n: int) -> np.ndarray:
-        """The tokens of a logits row's 2nd to (n+1)-th highest logits (the other choices for a guess taken from
-        that row), best first."""
-        if n == 1:  # the usual case: mask the best, take the best of the rest
-            r = row.copy()
-            r[r.argmax()] = -np.inf
-            return np.array([r.argmax() + self.tok.bin_offset])
-        top = np.argpartition(row, -(n + 1))[-(n + 1):]
-        top = top[np.argsort(-row[top], kind="stable")]
-        return top[1:] + self.tok.bin_offset
-
     def _picks(self, logits: np.ndarray, best: np.ndarray, n: int) -> list[int]:
         """The tokens chosen from the first n rows: the greedy ones, or drawn (temperature) / traced one by one."""
         if self.temperature == 0.0 and self.trace is None:
@@ -388,20 +355,13 @@ class RuntimePolicy:
     def _set(self, key: tuple, offsets: np.ndarray | None = None, steps: np.ndarray | None = None) -> "_CallSet":
         """The pre-bound call set for an episode-token call of this shape (created once). key ("tick", lead,
         guesses): the observation call, given its within-timestep `offsets` and `steps` relative to the current
-        one (-1 for the previous tick's last action); key ("act", p, n, alt): n action tokens from action position
-        p, and with alt = 1 one more at position p + 1 that sees only the first (an alternative first guess)."""
+        one (-1 for the previous tick's last action); key ("act", p, n): n action tokens from action position p."""
         cs = self._sets.get(key)
         if cs is None:
             if offsets is None:
-                _, p, n, alt = key
-                offsets = (self.ctx.obs_len + np.r_[p + np.arange(n), [p + 1] * alt]).astype(np.int64)
-                steps = np.full(n + alt, self._t, np.int64)
+                offsets = (self.ctx.obs_len + key[1] + np.arange(key[2])).astype(np.int64)
+                steps = np.full(key[2], self._t, np.int64)
             cs = self._sets[key] = _CallSet(self, offsets, steps - self._t)
-            if len(key) == 4 and key[3]:  # each alternative sees the certain token and itself only
-                T, C = len(offsets), self._C
-                for r in range(T - key[3], T):
-                    cs.io["mask"][r, C + 1:C + T] = NEG_INF
-                    cs.io["mask"][r, C + r] = 0.0
         return cs
 
     def _run_set(self, cs: "_CallSet") -> np.ndarray:
@@ -421,18 +381,15 @@ class RuntimePolicy:
         self.graph_calls += 1
         return cs.logits
 
-    def _write(self, cs: "_CallSet", n: int = 0, rows: np.ndarray | None = None) -> None:
-        """Write the keys/values of the call's first n tokens (or of its `rows`) into their ring slots (one slice
-        copy per layer buffer when the slots are consecutive, as they are except where a tick's lead token wraps
-        the ring)."""
-        sel = slice(0, n) if rows is None else rows
-        if rows is None and n <= 0:
+    def _write(self, cs: "_CallSet", n: int) -> None:
+        """Write the keys/values of the call's first n tokens into their ring slots (one slice copy per layer
+        buffer when the slots are consecutive, as they are except where a tick's lead token wraps the ring)."""
+        if n <= 0:
             return
         P, S, K, t = self.cfg.prefix_slots, self.ctx.S, self.cfg.window_steps, self._t
-        steps = t + cs.rel_steps[sel]
-        slots = (steps % K) * S + cs.offsets[sel]
-        n = len(slots)
-        new_k, new_v = cs.new_k[:, :, sel], cs.new_v[:, :, sel]
+        steps = t + cs.rel_steps[:n]
+        slots = (steps % K) * S + cs.offsets[:n]
+        new_k, new_v = cs.new_k[:, :, :n], cs.new_v[:, :, :n]
         a = int(slots[0])
         if int(slots[-1]) - a == n - 1:
             self.ring_k[:, :, :, a:a + n] = new_k.transpose(0, 1, 3, 2)

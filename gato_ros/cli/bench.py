@@ -32,9 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replay the observations of these episode datasets (realistic inputs; default: random)")
     parser.add_argument("--sequential", action="store_true",
                         help="decode the action tokens one call each instead of exact Jacobi iteration")
-    parser.add_argument("--guess-alternatives", type=int, default=1, metavar="N",
-                        help="Jacobi calls also try the N runners-up of their first guess (default %(default)s; 0: "
-                             "plain Jacobi; more than 1 crowds out later guesses)")
     parser.add_argument("--history-steps", type=int, metavar="H",
                         help="each timed tick sees exactly H cached timesteps (0..window; default: a full window, "
                              "the steady state): the tick-versus-context-length table")
@@ -82,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_benchmark(model, args.config, args.ticks, args.peer_ticks, args.recompute_ticks,
                         args.threads or None, args.execution_provider, not args.no_peers, progress, args.precision,
-                        not args.sequential, args.data, args.history_steps, args.kv_device, ros,
-                        args.guess_alternatives)
+                        not args.sequential, args.data, args.history_steps, args.kv_device, ros)
     bar.close()
     if args.json:
         print(json.dumps(res))
