@@ -491,15 +491,14 @@ class _CallSet:
         self.lead = bool(rel_steps[0] < 0)  # first token: the previous tick's last action
         # rows of the tick's rotary table (row 0: previous tick's last action; row 1 + offset: this step)
         self.rope_rows = np.where(rel_steps < 0, 0, 1 + offsets)
-        self.image_rows = np.flatnonzero(ctx.is_image[offsets] & (rel_steps == 0))
+        is_image = ctx.is_image[offsets] & (rel_steps == 0)  # this step's patches (a lead action is no image)
+        self.image_rows = np.flatnonzero(is_image)
         L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
         mask = np.full((T, C + T), NEG_INF, np.float32)
         mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
         self.graph = "decode" if offsets.min() >= ctx.obs_len else "prefill"  # action tokens only: no image branch
         io = {"tokens": np.zeros(T, np.int64)}
         if self.graph == "prefill":
-            is_image = np.zeros(T, bool)
-            is_image[self.image_rows] = True
             patches = np.zeros((len(self.image_rows), cfg.patch_dim), np.float32)  # written each tick (`act`)
             io.update(ctx.embed_inputs(patches, is_image, ctx.eval_row_bin[offsets], ctx.eval_col_bin[offsets]))
             io.update({"local_pos": ctx.local_pos[offsets].copy(), "prefix_pos": np.full(T, ctx.prefix_pad, np.int64)})
