@@ -88,12 +88,21 @@ def _kv_device(kv_device: str, provider: str) -> str:
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options for every session of a policy: `threads` intra-op threads (None: min(cores, 4)).
+
+    With more than one thread, the pool's workers stop spinning when a call returns. A tick alternates two sessions
+    (prefill, decode) with Python in between, each session has its own pool, and by default a pool's workers keep
+    spinning for a while after a call: on a 2-core machine the idle session's spinning worker then takes the core
+    the other session's call needs (gato-79m int8, 2 threads: decode call 7.7 ms spinning against 4.7 ms stopped,
+    1 thread 6.5 ms; BENCHMARKS.md, 2026-11-30 16:00 section). Workers still spin between the operators of a call."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads) if threads else min(os.cpu_count() or 1, 4)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if so.intra_op_num_threads > 1:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 

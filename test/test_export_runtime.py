@@ -132,6 +132,24 @@ def test_act_is_deterministic_after_reset_and_within_limits(bundle):
     assert not np.array_equal(run(), a)
 
 
+def test_two_thread_sessions_stop_spinning_between_calls_and_act_as_one_thread(bundle):
+    """A tick alternates two sessions; with 2 threads each session's workers must stop spinning when its call
+    returns (otherwise, on 2 cores, they take the core the other session needs). Same actions as 1 thread."""
+    out, _, _ = bundle
+    obs = random_episode(preset("gato-tiny"), 10, seed=3)
+    acts = []
+    for threads in (1, 2):
+        policy = RuntimePolicy.load(out, execution_provider="cpu", threads=threads)
+        for name, sess in policy.sessions.items():
+            so = sess.get_session_options()
+            assert so.intra_op_num_threads == threads, name
+            if threads > 1:
+                assert so.get_session_config_entry("session.force_spinning_stop") == "1", name
+        policy.set_instruction("reach")
+        acts.append(np.stack([policy.act({k: v[t] for k, v in obs.items()}) for t in range(10)]))
+    np.testing.assert_allclose(acts[1], acts[0], atol=1e-9)
+
+
 def test_temperature_sampling_is_seeded(bundle):
     out, _, _ = bundle
     obs = random_episode(preset("gato-tiny"), 4, seed=2)
