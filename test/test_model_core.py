@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gato_ros.model.config import GatoConfig, preset
 from gato_ros.model.data import EpisodeSequences, check_episodes, fit_normalizer, synthetic_episodes
@@ -166,6 +167,25 @@ def test_loss_only_on_action_targets():
     assert (b["target"] >= 0).sum() == 2 * cfg.window_steps * cfg.spec.action_size
     loss, n = model.loss({k: torch.from_numpy(v) for k, v in b.items()})
     assert int(n) == 2 * cfg.window_steps * 7 and 5.0 < loss.item() < 9.0  # ~ln(1024) at init
+
+
+def test_decision_weight_counts_the_first_timestep_targets_w_times():
+    cfg, model = _tiny()
+    eps = synthetic_episodes(3, 10)
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode), prompt_prob=0.0, start_prob=0.5)
+    b = {k: torch.from_numpy(v) for k, v in data.batch(np.random.default_rng(1), 8).items()}
+    sel = b["target"] >= 0
+    first = (b["step"][sel] == 0).float()
+    assert 0 < int(first.sum()) < int(sel.sum())  # some windows start at the episode's first step, some not
+    model.eval()
+    with torch.no_grad():
+        each = F.cross_entropy(model.head(model.hidden(b)[sel]).float(), b["target"][sel], reduction="none")
+        plain, _ = model.loss(b)
+        w4, n = model.loss(b, decision_weight=4.0)
+    w = 1.0 + 3.0 * first
+    assert abs(plain.item() - each.mean().item()) < 1e-5
+    assert abs(w4.item() - ((w * each).sum() / w.sum()).item()) < 1e-5 and int(n) == int(sel.sum())
+    assert abs(w4.item() - plain.item()) > 1e-4
 
 
 def test_instruction_features_hash_words_and_roles():

@@ -36,6 +36,33 @@ def test_validation_loss_falls(tmp_path):
     assert ck["step"] == 25 and "git_commit" in ck and ck["config"]["tokenizer"]["num_bins"] == 1024
 
 
+def test_precision_choice_bf16_autocast_trains_and_is_recorded(tmp_path, monkeypatch):
+    import torch
+
+    import gato_ros.model.train as tr
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tr, "cpu_has_bf16", lambda: False)
+    assert tr.amp_dtype("auto", cpu) is None and tr.amp_dtype("fp32", cpu) is None
+    assert tr.amp_dtype("bf16", cpu) is torch.bfloat16 and tr.amp_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setattr(tr, "cpu_has_bf16", lambda: True)
+    assert tr.amp_dtype("auto", cpu) is torch.bfloat16 and tr.amp_dtype("fp32", cpu) is None
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="decision_weight"):
+        TrainConfig(decision_weight=0.0)
+    eps = synthetic_episodes(6, 16, seed=1)
+    losses = {}
+    for p in ("fp32", "bf16"):
+        res = train(TrainConfig(out=str(tmp_path / p), steps=20, val_every=20, precision=p, decision_weight=3.0,
+                                **dict(TINY, lr=6e-3)), episodes=eps)
+        meta = json.loads((tmp_path / p / "train_config.json").read_text())
+        assert meta["autocast"] == p and meta["train_config"]["decision_weight"] == 3.0
+        losses[p] = res["val_loss"]
+    first = float((tmp_path / "bf16" / "log.csv").read_text().splitlines()[1].split(",")[2])
+    assert losses["bf16"] < 0.7 * first and abs(losses["bf16"] - losses["fp32"]) < 0.1 * losses["fp32"], losses
+
+
 def test_resume_continues_from_checkpoint(tmp_path):
     eps = synthetic_episodes(3, 10)
     out = str(tmp_path / "run")

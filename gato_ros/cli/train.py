@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-sigma", type=float, default=d.label_sigma,
                         help="train against a Gaussian over neighbouring action bins with this std in bins "
                         "(HL-Gauss; 0: Gato's one-hot cross-entropy, default %(default)s)")
+    parser.add_argument("--decision-weight", type=float, default=d.decision_weight, metavar="W",
+                        help="count the targets of each episode's first timestep (where only the image and the "
+                        "instruction say where to go) W times in the loss (default %(default)s)")
+    parser.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"),
+                        help="bf16 autocast or fp32 matmuls; auto: bf16 on a GPU and on CPUs with native bf16 "
+                        "(AVX-512 BF16, AMX), fp32 elsewhere (default %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
     parser.add_argument("--val-every", type=int, default=d.val_every)
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
         start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
         freeze=args.freeze, image_shift=args.image_shift,
-        label_sigma=args.label_sigma,
+        label_sigma=args.label_sigma, decision_weight=args.decision_weight, precision=args.precision,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every,
         keep_every=args.keep_every, seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,

@@ -296,20 +296,27 @@ class GatoModel(nn.Module):
             x = blk(x, batch["rope_cos"], batch["rope_sin"], batch["is_prefix"], mask)
         return self.ln_f(x)
 
-    def forward(self, batch: dict[str, torch.Tensor], _loss: bool = False, label_sigma: float = 0.0):
-        """Action logits (B, T, num_bins) at every position; with `_loss`, `loss(batch, label_sigma)` (so
-        DistributedDataParallel, which synchronises gradients of `forward` only, can train through it)."""
+    def forward(self, batch: dict[str, torch.Tensor], _loss: bool = False, label_sigma: float = 0.0,
+                decision_weight: float = 1.0):
+        """Action logits (B, T, num_bins) at every position; with `_loss`, `loss(batch, label_sigma,
+        decision_weight=...)` (so DistributedDataParallel, which synchronises gradients of `forward` only, can train
+        through it)."""
         if _loss:
-            return self.loss(batch, label_sigma)
+            return self.loss(batch, label_sigma, decision_weight=decision_weight)
         return self.head(self.hidden(batch))
 
-    def loss(self, batch: dict[str, torch.Tensor], label_sigma: float = 0.0, bin_error: bool = False):
+    def loss(self, batch: dict[str, torch.Tensor], label_sigma: float = 0.0, bin_error: bool = False,
+             decision_weight: float = 1.0):
         """Mean cross-entropy over action targets and the number of targets (and, with `bin_error`, the summed
         |greedy bin - target bin|).
 
         `label_sigma` > 0 trains against a Gaussian over neighbouring bins (std in bins; HL-Gauss, Farebrother et
         al. 2024, "Stop Regressing") instead of Gato's one-hot target: the bins are ordinal, and a near miss then
-        costs less than a far one, which speeds up learning; the greedy decode is unchanged."""
+        costs less than a far one, which speeds up learning; the greedy decode is unchanged.
+
+        `decision_weight` w != 1: the targets of each episode's first timestep count w times in the (weighted) mean.
+        There the arm is at rest and nothing is in the context, so only the image and the instruction can say where
+        to go; later targets are mostly predictable from the motion so far and otherwise swamp that signal."""
         h = self.hidden(batch)
         sel = batch["target"] >= 0
         logits = self.head(h[sel]).float()  # (n_targets, num_bins)
@@ -317,9 +324,14 @@ class GatoModel(nn.Module):
         if label_sigma > 0:
             bins = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
             soft = torch.softmax(-0.5 * ((bins[None] - tgt[:, None].float()) / label_sigma) ** 2, dim=-1)
-            loss = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+            each = -(soft * torch.log_softmax(logits, -1)).sum(-1)
         else:
-            loss = F.cross_entropy(logits, tgt)
+            each = F.cross_entropy(logits, tgt, reduction="none")
+        if decision_weight != 1.0:
+            w = torch.where(batch["step"][sel] == 0, float(decision_weight), 1.0)
+            loss = (w * each).sum() / w.sum()
+        else:
+            loss = each.mean()
         n = tgt.new_tensor(tgt.numel())
         if bin_error:
             return loss, n, (logits.argmax(-1) - tgt).abs().sum()
