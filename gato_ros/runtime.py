@@ -94,7 +94,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     (prefill, decode) with Python in between, each session has its own pool, and by default a pool's workers keep
     spinning for a while after a call: on a 2-core machine the idle session's spinning worker then takes the core
     the other session's call needs (gato-79m int8, 2 threads: decode call 7.7 ms spinning against 4.7 ms stopped,
-    1 thread 6.5 ms; BENCHMARKS.md, 2026-11-30 16:00 section). Workers still spin between the operators of a call."""
+    1 thread 6.5 ms; BENCHMARKS.md, 2026-11-30 15:15 section). Workers still spin between the operators of a call."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
