@@ -53,7 +53,7 @@ class PolicyNodeConfig:
     the shipped model's calls are too small to split (2-core machine, idle: 1.8 ms p50 with 1 thread, 2.5 ms with
     2), and threads slow down badly when the cores are shared (gato-small on a busy 2-core machine: 13 ms p50 with
     1 thread, 37 ms with 2). A large model on cores of its own gains: gato-79m int8, idle 2-core machine, tick p99
-    60-64 ms with 1 thread, 38-42 ms with 2 (BENCHMARKS.md)."""
+    60-64 ms with 1 thread, 38-43 ms with 2 (BENCHMARKS.md)."""
     sensor_timeout_s: float = 0.25
     """Hold when the latest image or joint state arrived longer ago than this."""
     check_stamps: bool = True
