@@ -61,6 +61,7 @@ def test_precision_choice_bf16_autocast_trains_and_is_recorded(tmp_path, monkeyp
         losses[p] = res["val_loss"]
     first = float((tmp_path / "bf16" / "log.csv").read_text().splitlines()[1].split(",")[2])
     assert losses["bf16"] < 0.7 * first and abs(losses["bf16"] - losses["fp32"]) < 0.1 * losses["fp32"], losses
+    assert losses["bf16"] != losses["fp32"]  # same seed and batches: only the autocast differs
 
 
 def test_resume_continues_from_checkpoint(tmp_path):

@@ -382,6 +382,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     batches = _batches(data, tc, rng, [tc.seed, rank, step], device)
 
     facts = robot_facts(episodes, spec)
+    amp = amp_dtype(tc.precision, device)
     meta = {
         "config": cfg.to_dict(),
         "normalizer": norm.to_dict(),
@@ -391,13 +392,12 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         "data": [str(Path(p).resolve()) for p in tc.data],
         "episodes": {"train": len(train_eps), "val": len(val_idx)},
         "world_size": world,
-        "autocast": "bf16" if amp_dtype(tc.precision, device) is not None else "fp32",
+        "autocast": "bf16" if amp is not None else "fp32",
     }
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(meta, indent=2, default=str))
     logger = _Logger(out, is_main)
-    amp = amp_dtype(tc.precision, device)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
 
     def evaluate() -> tuple[float, float]:
