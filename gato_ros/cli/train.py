@@ -13,6 +13,7 @@ import json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gato_ros.model.config import PRESETS
+    from gato_ros.model.train import PRECISIONS
 
     d = _defaults()
     parser.add_argument("--data", action="append", required=True, metavar="DIR",
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decision-weight", type=float, default=d.decision_weight, metavar="W",
                         help="count the targets of each episode's first timestep (where only the image and the "
                         "instruction say where to go) W times in the loss (default %(default)s)")
-    parser.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"),
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                         help="bf16 autocast or fp32 matmuls; auto: bf16 on a GPU and on CPUs with native bf16 "
                         "(AVX-512 BF16, AMX), fp32 elsewhere (default %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
