@@ -3,6 +3,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -135,3 +136,41 @@ def test_launch_file_builds_nodes_from_the_graph():
     assert len(nodes) == len(graph.node_graph({"sim": "false"}))
     active = [n for n in nodes if n.condition is None or n.condition.evaluate(context)]
     assert len(active) == 1  # sim:=false, record:=false: only the policy node
+
+
+def test_stop_escalates_on_a_node_that_ignores_sigint_and_logs_its_stacks(tmp_path, monkeypatch):
+    """stop(): SIGINT, then for a node still running SIGUSR1 (Python stacks), native stacks from gdb where it is
+    installed, SIGTERM; the log keeps the node's own output and both dumps in order (appended, not overwritten)."""
+    import shutil
+    import signal
+
+    from gato_ros.ros.launcher import GraphProcesses
+
+    stuck = ("import faulthandler, signal, sys, time\n"
+             "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+             "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+             "print('ready', flush=True)\n"
+             "def hang_here():\n"
+             "    while True:\n"
+             "        time.sleep(0.05)\n"
+             "hang_here()\n")
+    graph = GraphProcesses({}, echo=False, log_dir=tmp_path)
+    monkeypatch.setattr(graph, "commands", lambda: {"stuck_node": [sys.executable, "-c", stuck]})
+    graph.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in graph.tail("stuck_node") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ready" in graph.tail("stuck_node")
+        codes = graph.stop(timeout=1.0)
+    finally:
+        graph.close()
+    assert codes == {"stuck_node": -signal.SIGTERM}
+    assert graph.stuck == {"stuck_node"}
+    log = (tmp_path / "stuck_node.log").read_text()
+    assert log.startswith("ready\n")
+    assert "in hang_here" in log  # faulthandler's dump on SIGUSR1
+    if shutil.which("gdb"):
+        native = log[log.index("--- native stacks of stuck_node"):]
+        assert "Thread 1" in native and "#0 " in native, native[-2000:]
+        assert log.index("in hang_here") < log.index("--- native stacks")

@@ -60,7 +60,11 @@ def _field_doc(cls, name: str) -> str:
     return ""
 
 
-SHUTDOWN_GRACE_S = 4.0  # clean-up after spin longer than this dumps every thread's stack and exits with code 1
+# Clean-up after spin that takes longer than this dumps every thread's stack and exits with code 1. It was 4 s
+# until a loaded CI run stopped a policy node in rclpy's destroy_node at 4 s, slow or stuck (unknown): now it is
+# longer than GraphProcesses.stop's SIGINT timeout (10 s), so a slow clean-up ends cleanly there and a stuck one is
+# escalated by stop(), which records native stacks first. (ros2 launch sends SIGTERM after 5 s, SIGKILL 5 s later.)
+SHUTDOWN_GRACE_S = 15.0
 
 
 def run_node(make_node, label: str, args: list[str] | None = None, threads: int = 1,

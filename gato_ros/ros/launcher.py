@@ -11,6 +11,7 @@ stack dump in the node's log), SIGTERM and SIGKILL to whatever is left.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,7 +75,9 @@ class GraphProcesses:
                 pump.start()
                 self._pumps.append(pump)
             else:
-                log = open(self.log_dir / f"{name}.log", "w")
+                path = self.log_dir / f"{name}.log"
+                path.write_text("")  # a new log, written in append mode so stop()'s additions are never overwritten
+                log = open(path, "a")
                 self._logs.append(log)
                 proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                         preexec_fn=_default_signals)
@@ -126,6 +129,9 @@ class GraphProcesses:
                     for p in running:
                         p.send_signal(signal.SIGUSR1)
                     time.sleep(0.5)
+                    for name, p in self.procs.items():
+                        if p in running and not self.echo:
+                            self._record_native_stacks(name, p.pid)
             for p in running:
                 p.send_signal(sig)
             deadline = time.monotonic() + wait_s
@@ -140,6 +146,20 @@ class GraphProcesses:
             log.close()
         self._logs.clear()
         return self.poll()
+
+    def _record_native_stacks(self, name: str, pid: int) -> None:
+        """Append every thread's C/C++ stack of a stuck node to its log, where gdb is installed and may attach
+        (a hang inside the DDS library shows no Python frame below the call that entered it)."""
+        gdb = shutil.which("gdb")
+        if gdb is None:
+            return
+        try:
+            out = subprocess.run([gdb, "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt"],
+                                 capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            out = f"gdb failed: {exc}\n"
+        with open(self.log_dir / f"{name}.log", "a") as log:
+            log.write(f"--- native stacks of {name} (pid {pid}), still running after SIGINT:\n{out}")
 
     def close(self) -> None:
         self.stop()
