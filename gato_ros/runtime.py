@@ -148,6 +148,7 @@ class RuntimePolicy:
 
         providers = choose_providers(execution_provider)
         so = session_options(threads)
+        self.threads = so.intra_op_num_threads  # CPU threads of each session
         self.sessions: dict[str, ort.InferenceSession] = {}
         for g, f in bundle.graph_files.items():
             try:

@@ -107,12 +107,19 @@ def test_eval_a_real_bundle(capsys, tmp_path_factory):
                  "--no-progress", "--execution-provider", "cpu"]) == 0
     res = _json_out(capsys)
     assert res["policy"] == str(bundle) and res["provider"] == "CPUExecutionProvider"
+    assert res["threads"] == 1  # the policy node's default, so eval's tick_ms is the node's inference time
     t = res["tasks"]["reach"]
     assert t["episodes"] == 1 and 0 <= t["success_rate"] <= 1 and t["mean_steps"] >= 1
     assert res["tick_ms"]["p50"] > 0
     with pytest.raises(SystemExit, match="px"):
         main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--image-size", "32",
               "--no-progress"])
+    assert main(["eval", "--policy", str(bundle), "--task", "reach", "--episodes", "1", "--seed", "3", "--json",
+                 "--no-progress", "--execution-provider", "cpu", "--threads", "2"]) == 0
+    res2 = _json_out(capsys)
+    assert res2["threads"] == 2 and res2["tasks"] == res["tasks"]  # threads change the speed, not the actions
+    with pytest.raises(SystemExit, match="--threads applies to the ROS-free path"):
+        main(["eval", "--policy", str(bundle), "--episodes", "1", "--ros", "--threads", "2", "--no-progress"])
     for flag, value in (("--reach-distractors", "attribute"), ("--pick-place-layout", "any")):
         with pytest.raises(SystemExit, match=f"{flag} {value} is not supported with --ros"):
             main(["eval", "--policy", str(bundle), "--episodes", "1", "--ros", flag, value, "--no-progress"])

@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera image size (default: the bundle's, else 64)")
     parser.add_argument("--execution-provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
                         help="ONNX Runtime provider for a bundle (default auto)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="ONNX Runtime CPU threads for a bundle (default 1, as the policy node's "
+                             "inference_threads; 0: the runtime's default, min(cores, 4)); not with --ros, where the "
+                             "node's parameter file decides")
     parser.add_argument("--ros", action="store_true",
                         help="run the episodes through the ROS 2 node graph instead of calling the policy directly")
     parser.add_argument("--prompt", metavar="expert|DATASET_DIR",
@@ -50,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_policy(spec: str, env, seed: int, execution_provider: str = "auto"):
+def load_policy(spec: str, env, seed: int, execution_provider: str = "auto", threads: int = 1):
     """(policy, name) for --policy: "expert", "random" or a bundle directory (checked against the env)."""
     from pathlib import Path
 
@@ -65,7 +69,7 @@ def load_policy(spec: str, env, seed: int, execution_provider: str = "auto"):
         raise SystemExit(f"--policy {spec!r} is neither 'expert', 'random' nor a model bundle directory")
     from gato_ros.runtime import RuntimePolicy  # lazy: onnxruntime only when a bundle is evaluated
 
-    policy = RuntimePolicy.load(str(path), execution_provider=execution_provider)
+    policy = RuntimePolicy.load(str(path), execution_provider=execution_provider, threads=threads or None)
     names = list(policy.joint_names)
     if names != env.joint_names:
         raise SystemExit(f"bundle {path} expects joints {names} but the sim has {env.joint_names}")
@@ -102,11 +106,16 @@ def run(args) -> int:
     tasks = resolve_tasks(args.task)
     if args.episodes < 1:
         raise SystemExit("--episodes must be >= 1")
+    if args.threads < 0:
+        raise SystemExit(f"--threads must be >= 0 (0: the runtime's default), got {args.threads}")
     if args.prompt and args.policy in ("expert", "random"):
         raise SystemExit("--prompt applies to a model bundle, not to --policy expert/random")
     if args.ros:
         if args.prompt:
             raise SystemExit("--prompt is not supported with --ros yet: the policy node has no prompt interface")
+        if args.threads != 1:
+            raise SystemExit("--threads applies to the ROS-free path; with --ros the policy node's inference_threads "
+                             "parameter (config/arm.yaml) decides")
         try:
             from gato_ros.ros import eval_ros
         except ModuleNotFoundError as e:
@@ -123,7 +132,7 @@ def run(args) -> int:
             size = _bundle_image_size(args.policy)
         env = ArmEnv(EnvConfig(image_size=size or 64, reach_distractors=args.reach_distractors,
                                        pick_place_layout=args.pick_place_layout))
-        policy, name = load_policy(args.policy, env, args.seed, args.execution_provider)
+        policy, name = load_policy(args.policy, env, args.seed, args.execution_provider, args.threads)
         prompts = None
         if args.prompt:
             from gato_ros.evaluation import dataset_prompts, expert_prompts
@@ -151,6 +160,7 @@ def run(args) -> int:
         provider = getattr(policy, "provider", None)
         if provider is not None:
             result["provider"] = provider
+            result["threads"] = policy.threads
     text = json.dumps(result)
     if args.out:
         from pathlib import Path
