@@ -29,6 +29,8 @@ WARMUP=${WARMUP:-100}
 START_PROB=${START_PROB:-0}
 TURN_PROB=${TURN_PROB:-0}
 DECISION_WEIGHT=${DECISION_WEIGHT:-1}
+# > 0: the auxiliary goal-position loss (`train --goal-weight`)
+GOAL_WEIGHT=${GOAL_WEIGHT:-0}
 # auto: bf16 autocast where the CPU multiplies bf16 natively (this development machine: 1.5x the fp32 rate)
 PRECISION=${PRECISION:-auto}
 # BUDGET_MIN > 0: collection + training + export end within this many minutes (training gets what collection
@@ -59,7 +61,8 @@ if [ "$BUDGET_MIN" != 0 ]; then  # what is left of the end-to-end budget, less 2
 fi
 "$BIN/gato-ros" train --data "$DATA/reach" --data "$DATA/pick_place" --out "$RUN" --config "$CONFIG" \
   --steps "$STEPS" "${budget[@]}" --batch-size "$BATCH" --lr "$LR" --warmup "$WARMUP" --label-sigma "$LABEL_SIGMA" \
-  --start-prob "$START_PROB" --turn-prob "$TURN_PROB" --decision-weight "$DECISION_WEIGHT" --precision "$PRECISION" \
+  --start-prob "$START_PROB" --turn-prob "$TURN_PROB" --decision-weight "$DECISION_WEIGHT" --goal-weight "$GOAL_WEIGHT" \
+  --precision "$PRECISION" \
   --threads "$THREADS" --ckpt-every 250 --val-every 250 \
   --no-progress --resume
 t2=$(date +%s)

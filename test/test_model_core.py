@@ -188,6 +188,39 @@ def test_decision_weight_counts_the_first_timestep_targets_w_times():
     assert abs(w4.item() - plain.item()) > 1e-4
 
 
+def test_goal_loss_reads_the_layout_and_trains_the_goal_head_and_the_transformer():
+    from gato_ros.model.data import GOAL_BINS, episode_goal
+
+    # episode_goal: target then receptacle xy as bins over the table; unknown parts masked
+    class Ep:
+        meta = {"layout": {"target": "cube_0", "receptacle": "bowl_1",
+                           "objects": [{"body": "cube_0", "xy": [0.45, 0.0]}, {"body": "bowl_1", "xy": [0.9, -0.6]}]}}
+    bins, known = episode_goal(Ep)
+    assert bins.tolist() == [32, 32, GOAL_BINS - 1, 0] and known.tolist() == [1, 1, 1, 1]
+    Ep.meta = {"layout": {"target": "cube_0", "receptacle": None, "objects": Ep.meta["layout"]["objects"]}}
+    assert episode_goal(Ep)[1].tolist() == [1, 1, 0, 0]
+    Ep.meta = {}
+    assert episode_goal(Ep)[1].tolist() == [0, 0, 0, 0]
+
+    cfg, model = _tiny()
+    model.add_goal_head()
+    eps = synthetic_episodes(3, 10)  # their meta has a layout: the square is the target
+    data = EpisodeSequences(eps, cfg, fit_normalizer(eps, cfg.action_mode), prompt_prob=0.0, goals=True)
+    b = {k: torch.from_numpy(v) for k, v in data.batch(np.random.default_rng(1), 4).items()}
+    assert b["goal_bin"].shape == (4, 4) and b["goal_mask"][:, :2].eq(1).all() and b["goal_mask"][:, 2:].eq(0).all()
+    plain, n0 = model.loss(b)
+    total, n = model.loss(b, goal_weight=0.5)
+    goal = model.last_losses["goal"]
+    assert int(n) == int(n0) and abs(model.last_losses["action"].item() - plain.item()) < 1e-5
+    assert abs(total.item() - (plain.item() + 0.5 * goal.item())) < 1e-4 and 3.0 < goal.item() < 6.0  # ~ln(64)
+    total.backward()
+    assert model.goal_head.weight.grad.abs().sum() > 0 and model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    # only the known coordinates count: with none known the goal term is zero
+    b["goal_mask"].zero_()
+    model.loss(b, goal_weight=0.5)
+    assert model.last_losses["goal"].item() == 0.0
+
+
 def test_instruction_features_hash_words_and_roles():
     from gato_ros.sequence import instruction_features
 

@@ -64,6 +64,41 @@ def test_precision_choice_bf16_autocast_trains_and_is_recorded(tmp_path, monkeyp
     assert losses["bf16"] != losses["fp32"]  # same seed and batches: only the autocast differs
 
 
+def test_goal_weight_trains_a_goal_head_kept_apart_from_the_model(tmp_path):
+    """--goal-weight: the head learns (its loss falls), checkpoints keep it apart (the "model" weights load into a
+    plain GatoModel, as export and --init do), resume restores it, and data without layouts stops at once."""
+    import torch
+
+    from gato_ros.model.config import GatoConfig
+    from gato_ros.model.model import GatoModel
+
+    eps = synthetic_episodes(6, 16, seed=1)
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), steps=30, val_every=30, goal_weight=1.0, **dict(TINY, lr=6e-3)), episodes=eps)
+    rows = [r.split(",") for r in (out / "log.csv").read_text().splitlines()]
+    col = rows[0].index("goal_loss")
+    goal = [float(r[col]) for r in rows[1:]]
+    assert np.mean(goal[-5:]) < 0.7 * np.mean(goal[:5]), goal
+    ck = load_checkpoint(out)
+    assert set(ck["goal_head"]) == {"weight", "bias"} and not any(k.startswith("goal_head") for k in ck["model"])
+    GatoModel(GatoConfig.from_dict(ck["config"])).load_state_dict(ck["model"])  # strict: no extra keys
+    res = train(TrainConfig(out=str(out), steps=32, val_every=32, goal_weight=1.0, resume=True, **TINY), episodes=eps)
+    assert res["step"] == 32
+    assert not torch.equal(load_checkpoint(out)["goal_head"]["weight"], ck["goal_head"]["weight"])
+    with pytest.raises(ValueError, match="with the goal head; resume it with a --goal-weight"):
+        train(TrainConfig(out=str(out), steps=34, resume=True, **TINY), episodes=eps)
+    # fine-tuning: from this run without the head, and from a run without one with a fresh head
+    train(TrainConfig(out=str(tmp_path / "ft"), init=str(out), steps=2, val_every=2, **TINY), episodes=eps)
+    assert "goal_head" not in load_checkpoint(tmp_path / "ft")
+    train(TrainConfig(out=str(tmp_path / "ft2"), init=str(tmp_path / "ft"), steps=2, val_every=2, goal_weight=1.0,
+                      **TINY), episodes=eps)
+    assert set(load_checkpoint(tmp_path / "ft2")["goal_head"]) == {"weight", "bias"}
+    for ep in eps:
+        ep.meta = {k: v for k, v in ep.meta.items() if k != "layout"}
+    with pytest.raises(ValueError, match="none of the .* training episodes has a sim layout"):
+        train(TrainConfig(out=str(tmp_path / "bad"), steps=2, goal_weight=1.0, **TINY), episodes=eps)
+
+
 def test_resume_continues_from_checkpoint(tmp_path):
     eps = synthetic_episodes(3, 10)
     out = str(tmp_path / "run")

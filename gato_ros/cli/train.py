@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decision-weight", type=float, default=d.decision_weight, metavar="W",
                         help="count the targets of each episode's first timestep (where only the image and the "
                         "instruction say where to go) W times in the loss (default %(default)s)")
+    parser.add_argument("--goal-weight", type=float, default=d.goal_weight, metavar="W",
+                        help="add W times an auxiliary loss: predict each episode's target object and receptacle "
+                        "positions (the sim layout `collect` records) from every timestep's first action "
+                        "position; teaches the model to find the named object (default %(default)s: off)")
     parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                         help="bf16 autocast or fp32 matmuls; auto: bf16 on a GPU and on CPUs with native bf16 "
                         "(AVX-512 BF16, AMX), fp32 elsewhere (default %(default)s)")
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, prompt_prob=args.prompt_prob,
         start_prob=args.start_prob, turn_prob=args.turn_prob, task_share=parse_shares(args.task_share),
         freeze=args.freeze, image_shift=args.image_shift,
-        label_sigma=args.label_sigma, decision_weight=args.decision_weight, precision=args.precision,
+        label_sigma=args.label_sigma, decision_weight=args.decision_weight, goal_weight=args.goal_weight,
+        precision=args.precision,
         val_fraction=args.val_fraction, val_every=args.val_every, ckpt_every=args.ckpt_every,
         keep_every=args.keep_every, seed=args.seed,
         threads=args.threads, workers=args.workers, minutes=args.minutes, resume=args.resume,

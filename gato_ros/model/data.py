@@ -21,6 +21,31 @@ from gato_ros.tokenizer import GatoTokenizer, TimestepSpec
 
 OBS_KEYS = ("joint_pos", "joint_vel")
 
+# Goal positions for the auxiliary goal loss (`GatoModel.loss`'s goal_weight): the target object's xy in the arm's
+# base frame, then the receptacle's (pick_place), each coordinate in GOAL_BINS bins over GOAL_LOW..GOAL_HIGH metres
+# (the sim's table lies inside; 1.4 cm bins in x, 1.9 cm in y). Per context, not per position (`compact`).
+GOAL_BINS = 64
+GOAL_LOW = np.array([0.0, -0.6, 0.0, -0.6])
+GOAL_HIGH = np.array([0.9, 0.6, 0.9, 0.6])
+GOAL_KEYS = ("goal_bin", "goal_mask")
+
+
+def episode_goal(ep: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(bins (4,) int64, known (4,) float32): the episode's target object and receptacle positions from the sim
+    layout `gato-ros collect` writes into its meta (`meta["layout"]`: "target", "receptacle" and the "objects" with
+    their "body" and "xy"). Unknown entries (no receptacle in reach; no layout at all, e.g. episodes from rosbags)
+    have bin 0 and known 0."""
+    xy, known = np.zeros(4), np.zeros(4, np.float32)
+    layout = (getattr(ep, "meta", None) or {}).get("layout") or {}
+    objects = {o.get("body"): o.get("xy") for o in layout.get("objects", [])}
+    for k, role in enumerate(("target", "receptacle")):
+        pos = objects.get(layout.get(role))
+        if pos is not None:
+            xy[2 * k:2 * k + 2] = pos
+            known[2 * k:2 * k + 2] = 1.0
+    bins = np.clip(np.round((xy - GOAL_LOW) / (GOAL_HIGH - GOAL_LOW) * (GOAL_BINS - 1)), 0, GOAL_BINS - 1)
+    return bins.astype(np.int64) * (known > 0), known
+
 
 def _name(ep: Any, i: int) -> str:
     meta = getattr(ep, "meta", {}) or {}
@@ -88,7 +113,7 @@ class EpisodeSequences:
 
     def __init__(self, episodes: Sequence[Any], cfg: GatoConfig, normalizer: ActionNormalizer,
                  prompt_prob: float = 0.25, start_prob: float = 0.0, turn_prob: float = 0.0,
-                 task_share: Mapping[str, float] | None = None, image_shift: int = 0):
+                 task_share: Mapping[str, float] | None = None, image_shift: int = 0, goals: bool = False):
         spec = check_episodes(episodes)
         if spec != cfg.spec:
             raise ValueError(f"episodes have layout {spec.to_dict()}, the model config expects {cfg.spec.to_dict()}")
@@ -118,6 +143,8 @@ class EpisodeSequences:
         self.weights = task_weights([ep.task for ep in episodes], self.lengths, cfg.window_steps, task_share)
         self._text = [self.builder.text_ids(ep.instruction) for ep in episodes]
         self._text_feat = [self.builder.text_features(ep.instruction) for ep in episodes]
+        # goals: every context also carries its episode's goal bins (`episode_goal`, GOAL_KEYS)
+        self.goals = [episode_goal(ep) for ep in episodes] if goals else None
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -173,8 +200,11 @@ class EpisodeSequences:
         prompt = None
         if s.prompt_episode is not None:
             prompt = self.tokens(s.prompt_episode, s.prompt_start, self.cfg.prompt_steps, rng)
-        return self.builder.build(self._text[s.episode], steps, s.start, prompt, n_steps=N, rng=rng,
-                                  text_feat=self._text_feat[s.episode])
+        out = self.builder.build(self._text[s.episode], steps, s.start, prompt, n_steps=N, rng=rng,
+                                 text_feat=self._text_feat[s.episode])
+        if self.goals is not None:
+            out["goal_bin"], out["goal_mask"] = self.goals[s.episode]
+        return out
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
         """`batch_size` random contexts stacked: each array gets a leading batch axis.
@@ -208,7 +238,8 @@ def compact(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep = batch["valid"].any(axis=0)
     if keep.all():
         return batch
-    return {k: (v if k in UNPOSITIONED_KEYS else v[:, keep]) for k, v in batch.items()}  # images: all valid
+    return {k: (v if k in UNPOSITIONED_KEYS or k in GOAL_KEYS else v[:, keep])  # images: all valid
+            for k, v in batch.items()}
 
 
 def sharpest_turn(ep: Any) -> int:
@@ -322,6 +353,8 @@ def synthetic_episodes(n: int, steps: int, seed: int = 0, image_size: int = 64,
         out.append(SyntheticEpisode(
             {"image": np.stack(imgs), "joint_pos": np.stack(qs), "joint_vel": np.stack(vs)}, np.stack(acts),
             f"{task} goal", task.replace(" ", "_"), seed + e, True,
-            {"joint_names": [f"j{i}" for i in range(7)], "control_rate_hz": 20.0},
+            {"joint_names": [f"j{i}" for i in range(7)], "control_rate_hz": 20.0,
+             "layout": {"target": "square", "receptacle": None,
+                        "objects": [{"body": "square", "xy": [0.45, 0.5 * float(goal[0])]}]}},
         ))
     return out

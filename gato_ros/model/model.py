@@ -297,16 +297,25 @@ class GatoModel(nn.Module):
         return self.ln_f(x)
 
     def forward(self, batch: dict[str, torch.Tensor], _loss: bool = False, label_sigma: float = 0.0,
-                decision_weight: float = 1.0):
+                decision_weight: float = 1.0, goal_weight: float = 0.0):
         """Action logits (B, T, num_bins) at every position; with `_loss`, `loss(batch, label_sigma,
-        decision_weight=...)` (so DistributedDataParallel, which synchronises gradients of `forward` only, can train
-        through it)."""
+        decision_weight=..., goal_weight=...)` (so DistributedDataParallel, which synchronises gradients of
+        `forward` only, can train through it)."""
         if _loss:
-            return self.loss(batch, label_sigma, decision_weight=decision_weight)
+            return self.loss(batch, label_sigma, decision_weight=decision_weight, goal_weight=goal_weight)
         return self.head(self.hidden(batch))
 
+    def add_goal_head(self) -> None:
+        """Add the training-only goal head (`loss`'s goal_weight): a linear map from the hidden state to GOAL_BINS
+        logits for each of the 4 goal coordinates (`gato_ros.model.data.episode_goal`). The exported graphs never
+        use it; checkpoints keep its weights apart from the model's (`gato_ros.model.train`)."""
+        from gato_ros.model.data import GOAL_BINS
+
+        self.goal_head = nn.Linear(self.cfg.d_model, 4 * GOAL_BINS)
+        self.last_losses: dict[str, torch.Tensor] = {}
+
     def loss(self, batch: dict[str, torch.Tensor], label_sigma: float = 0.0, bin_error: bool = False,
-             decision_weight: float = 1.0):
+             decision_weight: float = 1.0, goal_weight: float = 0.0):
         """Mean cross-entropy over action targets and the number of targets (and, with `bin_error`, the summed
         |greedy bin - target bin|).
 
@@ -316,7 +325,14 @@ class GatoModel(nn.Module):
 
         `decision_weight` w != 1: the targets of each episode's first timestep count w times in the (weighted) mean.
         There the arm is at rest and nothing is in the context, so only the image and the instruction can say where
-        to go; later targets are mostly predictable from the motion so far and otherwise swamp that signal."""
+        to go; later targets are mostly predictable from the motion so far and otherwise swamp that signal.
+
+        `goal_weight` w > 0 (needs `add_goal_head` and a batch with the goal keys, `EpisodeSequences(goals=True)`):
+        adds w times an auxiliary loss: from the hidden state that predicts each timestep's first action, the
+        episode's goal positions (the target object's and the receptacle's xy, `episode_goal`), HL-Gauss over
+        GOAL_BINS bins per coordinate (sigma 1 bin). Unlike an action, which says little about where the arm is
+        going (a clipped step of a few degrees), these targets name the object, so the step-0 hidden state must
+        find the named object in the image. The returned loss is the sum; `last_losses` keeps both parts."""
         h = self.hidden(batch)
         sel = batch["target"] >= 0
         logits = self.head(h[sel]).float()  # (n_targets, num_bins)
@@ -332,10 +348,26 @@ class GatoModel(nn.Module):
             loss = (w * each).sum() / w.sum()
         else:
             loss = each.mean()
+        if goal_weight > 0:
+            goal = self._goal_loss(h, sel, batch)
+            self.last_losses = {"action": loss.detach(), "goal": goal.detach()}
+            loss = loss + goal_weight * goal
         n = tgt.new_tensor(tgt.numel())
         if bin_error:
             return loss, n, (logits.argmax(-1) - tgt).abs().sum()
         return loss, n
+
+    def _goal_loss(self, h: torch.Tensor, sel: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean HL-Gauss cross-entropy of the goal head over the known goal coordinates, at the positions that
+        predict each timestep's first action (the first of each run of action targets)."""
+        first = sel & ~torch.roll(sel, 1, dims=1)
+        rows = first.nonzero()[:, 0]  # each position's context
+        logits = self.goal_head(h[first]).float().view(len(rows), 4, -1)
+        tgt, known = batch["goal_bin"][rows], batch["goal_mask"][rows].float()
+        bins = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
+        soft = torch.softmax(-0.5 * (bins - tgt[..., None].float()) ** 2, dim=-1)
+        each = -(soft * torch.log_softmax(logits, -1)).sum(-1)  # (n, 4)
+        return (each * known).sum() / known.sum().clamp(min=1.0)
 
     def forward_cached(self, tokens, patches, patch_row_bin, patch_col_bin, embed_index, local_pos, prefix_pos,
                        *rest):

@@ -60,6 +60,7 @@ class TrainConfig:
     image_shift: int = 0  # > 0: each training window's images moved by up to this many pixels (data.shift_images)
     label_sigma: float = 0.0  # > 0: Gaussian target over neighbouring action bins (std in bins); 0: Gato one-hot
     decision_weight: float = 1.0  # weight of each episode's first-timestep targets in the loss (GatoModel.loss)
+    goal_weight: float = 0.0  # > 0: plus this times the auxiliary goal-position loss (GatoModel.loss, episode_goal)
     precision: str = "auto"  # bf16 autocast or fp32; auto: bf16 where the hardware has it (see amp_dtype)
     val_fraction: float = 0.1
     val_every: int = 200
@@ -88,6 +89,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)}: must lie in [0, 1]")
         if not self.decision_weight > 0:
             raise ValueError(f"TrainConfig.decision_weight={self.decision_weight}: must be > 0")
+        if not self.goal_weight >= 0:
+            raise ValueError(f"TrainConfig.goal_weight={self.goal_weight}: must be >= 0")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: choose one of {PRECISIONS}")
 
@@ -266,7 +269,7 @@ class _Logger:
             except Exception:  # tensorboard not installed: CSV + PNG only
                 self.tb = None
 
-    FIELDS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "val_bin_err")
+    FIELDS = ("step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "val_bin_err", "goal_loss")
 
     def log(self, row: dict[str, float]) -> None:
         if not self.enabled:
@@ -355,15 +358,24 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     val_eps = [episodes[i] for i in val_idx] or train_eps
     if norm is None:
         norm = fit_normalizer(train_eps, cfg.action_mode, tc.action_margin)
+    goals = tc.goal_weight > 0
     data = EpisodeSequences(train_eps, cfg, norm, tc.prompt_prob, tc.start_prob, tc.turn_prob, tc.task_share,
-                            tc.image_shift)
+                            tc.image_shift, goals=goals)
+    if goals and not any(known.any() for _, known in data.goals):
+        raise ValueError(f"goal_weight={tc.goal_weight}: none of the {len(train_eps)} training episodes has a sim "
+                         "layout in its meta (`gato-ros collect` writes one; episodes from rosbags have none)")
     val_data = EpisodeSequences(val_eps, cfg, norm, tc.prompt_prob)  # uniform starts: comparable across recipes
     val_batches = [_to_torch(b, device) for b in val_data.fixed_batches(tc.seed + 12345, tc.val_batches,
                                                                          tc.batch_size)]
 
-    model = GatoModel(cfg).to(device)
+    model = GatoModel(cfg)
     if init is not None:
         model.load_state_dict(init["model"])
+    if goals:  # after the weights: a fine-tune from a model trained without the head gets a fresh one
+        model.add_goal_head()
+        if init is not None and "goal_head" in init:
+            model.goal_head.load_state_dict(init["goal_head"])
+    model = model.to(device)
     frozen = freeze_parameters(model, tc.freeze)
     if frozen and is_main:
         print(f"frozen: {len(frozen)} tensors, {sum(model.get_parameter(n).numel() for n in frozen):,} of "
@@ -375,6 +387,9 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
     step = 0
     if resumed:
+        if ("goal_head" in init) != goals:
+            raise ValueError(f"{resume_path} was trained {'with' if 'goal_head' in init else 'without'} the goal "
+                             f"head; resume it with {'a' if 'goal_head' in init else 'no'} --goal-weight")
         opt.load_state_dict(init["optimizer"])
         step = int(init["step"])
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -416,7 +431,10 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
     def write(path: Path, **extra: Any) -> None:
         """meta + the weights + `extra` to `path`, atomically (a killed run never leaves half a file there)."""
         tmp = path.with_suffix(".tmp")
-        torch.save(dict(meta, model=model.state_dict(), step=step, val_loss=val_loss, **extra), tmp)
+        state = model.state_dict()  # the goal head's weights apart: export and --init read "model" as GatoModel's
+        head = {k[len("goal_head."):]: state.pop(k) for k in [k for k in state if k.startswith("goal_head.")]}
+        torch.save(dict(meta, model=state, step=step, val_loss=val_loss, **({"goal_head": head} if head else {}),
+                        **extra), tmp)
         os.replace(tmp, path)
 
     def save(path: Path) -> None:
@@ -459,25 +477,28 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         batch = next(batches)
         with autocast:
             loss, _ = ddp_model(batch, _loss=True, label_sigma=tc.label_sigma,  # DDP syncs gradients of forward
-                                decision_weight=tc.decision_weight)
+                                decision_weight=tc.decision_weight, goal_weight=tc.goal_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         step += 1
         train_loss = loss.item()
+        goal_loss = float("nan")
+        if goals:  # the logged training loss is the action part alone, comparable with runs without the head
+            train_loss, goal_loss = (float(model.last_losses[k]) for k in ("action", "goal"))
         ema = train_loss if ema is None else 0.9 * ema + 0.1 * train_loss
         tok_s = float(batch["valid"].sum()) * world / (time.perf_counter() - t0)
         row = {"step": step, "lr": lr, "train_loss": train_loss, "val_loss": float("nan"), "tokens_per_s": tok_s,
-               "elapsed_s": time.perf_counter() - t_start, "val_bin_err": float("nan")}
+               "elapsed_s": time.perf_counter() - t_start, "val_bin_err": float("nan"), "goal_loss": goal_loss}
         if step % tc.val_every == 0 or step == tc.steps:
             val_loss, val_err = evaluate()
             row["val_loss"], row["val_bin_err"] = val_loss, val_err
         logger.log(row)
         bar.set_postfix(loss=f"{ema:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tok_s:,.0f}")
         if is_main and not tc.progress and not math.isnan(row["val_loss"]):
-            print(f"step {step}: train {train_loss:.4f} val {val_loss:.4f} bin error {row['val_bin_err']:.1f}",
-                  flush=True)
+            print(f"step {step}: train {train_loss:.4f} val {val_loss:.4f} bin error {row['val_bin_err']:.1f}"
+                  + (f" goal {goal_loss:.3f}" if goals else ""), flush=True)
         bar.update(1)
         if is_main and tc.keep_every and (step % tc.keep_every == 0 or step == tc.steps):
             keep()
