@@ -35,7 +35,7 @@ def test_eval_ros_reports_the_same_json_as_without_ros(bundle, tmp_path):
     assert direct.returncode == 0, direct.stderr
     assert over_ros.returncode == 0, over_ros.stderr
     a, b = json.loads(direct.stdout), json.loads(over_ros.stdout)
-    assert set(a) - {"image_size", "provider", "video"} <= set(b)  # the contract keys and the extras
+    assert set(a) - {"image_size", "provider", "threads", "video"} <= set(b)  # the contract keys and the extras
     for key in ("episodes", "success_rate", "ci95", "mean_steps"):
         assert key in b["tasks"]["reach"]
     assert b["policy"] == a["policy"] and b["tasks"]["reach"]["episodes"] == 1
