@@ -245,6 +245,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x)), k, v
 
 
+def hl_gauss_nll(logits: torch.Tensor, target: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Cross-entropy of `logits` (..., bins) against a Gaussian of std `sigma` bins around each `target` bin (...)
+    (HL-Gauss, Farebrother et al. 2024), per target."""
+    bins = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
+    soft = torch.softmax(-0.5 * ((bins - target[..., None].float()) / sigma) ** 2, dim=-1)
+    return -(soft * torch.log_softmax(logits, -1)).sum(-1)
+
+
 def context_mask(valid, is_prefix, step, window: int) -> torch.Tensor:
     """(B, T, T) additive mask: causal; padding keys hidden; episode tokens see the prefix and the last `window`
     timesteps; prefix tokens see only the prefix. Every position sees itself (padding rows stay finite)."""
@@ -338,9 +346,7 @@ class GatoModel(nn.Module):
         logits = self.head(h[sel]).float()  # (n_targets, num_bins)
         tgt = batch["target"][sel]
         if label_sigma > 0:
-            bins = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
-            soft = torch.softmax(-0.5 * ((bins[None] - tgt[:, None].float()) / label_sigma) ** 2, dim=-1)
-            each = -(soft * torch.log_softmax(logits, -1)).sum(-1)
+            each = hl_gauss_nll(logits, tgt, label_sigma)
         else:
             each = F.cross_entropy(logits, tgt, reduction="none")
         if decision_weight != 1.0:
@@ -363,10 +369,8 @@ class GatoModel(nn.Module):
         first = sel & ~torch.roll(sel, 1, dims=1)
         rows = first.nonzero()[:, 0]  # each position's context
         logits = self.goal_head(h[first]).float().view(len(rows), 4, -1)
-        tgt, known = batch["goal_bin"][rows], batch["goal_mask"][rows].float()
-        bins = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
-        soft = torch.softmax(-0.5 * (bins - tgt[..., None].float()) ** 2, dim=-1)
-        each = -(soft * torch.log_softmax(logits, -1)).sum(-1)  # (n, 4)
+        known = batch["goal_mask"][rows].float()
+        each = hl_gauss_nll(logits, batch["goal_bin"][rows], 1.0)  # (n, 4)
         return (each * known).sum() / known.sum().clamp(min=1.0)
 
     def forward_cached(self, tokens, patches, patch_row_bin, patch_col_bin, embed_index, local_pos, prefix_pos,

@@ -432,7 +432,7 @@ def train(tc: TrainConfig, episodes: Sequence[Any] | None = None, model_override
         """meta + the weights + `extra` to `path`, atomically (a killed run never leaves half a file there)."""
         tmp = path.with_suffix(".tmp")
         state = model.state_dict()  # the goal head's weights apart: export and --init read "model" as GatoModel's
-        head = {k[len("goal_head."):]: state.pop(k) for k in [k for k in state if k.startswith("goal_head.")]}
+        head = {k.removeprefix("goal_head."): state.pop(k) for k in list(state) if k.startswith("goal_head.")}
         torch.save(dict(meta, model=state, step=step, val_loss=val_loss, **({"goal_head": head} if head else {}),
                         **extra), tmp)
         os.replace(tmp, path)
