@@ -2,7 +2,8 @@
 # The 2-core CPU recipe end to end: collect expert demos -> train -> export -> evaluate (what `make model` runs):
 # 90 minutes for collection + training + export (BUDGET_MIN), bf16 autocast where the CPU has it, and the
 # auxiliary goal loss (GOAL_WEIGHT), without which no CPU run ever learned to read the colour word (model card).
-# The shipped models/gato_arm_small came from a GPU stage plus a CPU fine-tune (its README; scripts/train_gpu.sh).
+# The shipped models/gato_arm_small is this recipe's product (`NAME=gato_arm_small`; its README); the bundle shipped
+# before it came from a GPU stage plus a CPU fine-tune (scripts/train_gpu.sh).
 #
 #   scripts/make_model.sh        # variables below override, e.g. BUDGET_MIN=0 STEPS=2000 GOAL_WEIGHT=0
 #

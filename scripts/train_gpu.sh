@@ -2,15 +2,16 @@
 # The arm recipe on a GPU machine: demonstrations collected by one process per core, then one or more training runs
 # side by side on the GPU, each for a wall-clock budget, with DataLoader workers building the batches.
 #
-#   scripts/train_gpu.sh                      # the recipe of models/gato_arm_small (its README): stage 1 ~11 min on
-#                                             # an H200 (measured), then stage 2 (TURN_STEPS; not yet run here)
+#   scripts/train_gpu.sh                      # the previous shipped bundle's recipe (models/gato_arm_small's card,
+#                                             # "The previous shipped bundle"): stage 1 ~11 min on an H200
+#                                             # (measured), then stage 2 (TURN_STEPS; not yet run here)
 #   MINUTES=30 MINUTES2=0 TURN_STEPS=0 VARIANTS="film:gato-arm-film-coord:256:2e-3 arm:gato-arm:256:2e-3" scripts/train_gpu.sh
 #
 # VARIANTS: space-separated NAME:PRESET:BATCH:LR; each trains into $RUNS/NAME for MINUTES, then (MINUTES2 > 0)
 # continues for MINUTES2 more (`--resume`: a warm restart, a second cosine cycle from the peak rate with the optimiser
 # state carried over), then (stage 2) fine-tunes for TURN_STEPS into $RUNS/NAME/turn, and leaves $RUNS/NAME/model.pt
 # (weights + everything `gato-ros export --checkpoint` needs, no optimiser state) and the bundle $RUNS/NAME/bundle.
-# The shipped bundle had three runs side by side (it was "A" of VARIANTS="A:gato-arm-film-coord:256:2e-3
+# The previous shipped bundle had three runs side by side (it was "A" of VARIANTS="A:gato-arm-film-coord:256:2e-3
 # B:gato-arm-film-coord:128:1e-3 C:gato-arm:256:2e-3"), so each run had 4 batch workers and a third of the GPU
 # (6674 steps in 9.6 min); alone, a run does more steps in the same MINUTES, so the budgets are not step-exact.
 # DEADLINE (unix seconds, optional): finish by then -- the training budget becomes what is left after collection,
@@ -27,7 +28,7 @@ PICK_EPISODES=${PICK_EPISODES:-4000}
 NOISE=${NOISE:-0.01}
 MINUTES=${MINUTES:-6.2}
 MINUTES2=${MINUTES2:-3.4}
-VARIANTS=${VARIANTS:-"gato_arm_small:gato-arm-film-coord:256:2e-3"}
+VARIANTS=${VARIANTS:-"gato_arm_gpu:gato-arm-film-coord:256:2e-3"}
 START_PROB=${START_PROB:-0.5}
 LABEL_SIGMA=${LABEL_SIGMA:-4}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -90,7 +91,7 @@ if [ "$status" = 0 ] && awk -v m="$MINUTES2" 'BEGIN { exit !(m > 0) }'; then
   train_all "$MINUTES2" .2 || status=1
 fi
 # Stage 2 (TURN_STEPS > 0): a short fine-tune that puts the episode's sharpest turn (pick_place: lifting -> towards
-# the bowl, where the bowl's colour decides) into 40% of the windows. The shipped bundle's stage 2 ran on the 2-core
+# the bowl, where the bowl's colour decides) into 40% of the windows. The previous bundle's stage 2 ran on the 2-core
 # CPU (its model card: 1500 steps of a time-budgeted run on 4000 of these episodes); this scripted form of it has not
 # been run end to end.
 TURN_STEPS=${TURN_STEPS:-1500}

@@ -21,7 +21,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     cmd = [sys.executable, "-m", "gato_ros.finetune_demo", "--bundle", str(bundle), "--out", str(out),
            "--episodes", "3", "--steps", "2", "--batch-size", "2", "--replay-episodes", "4", "1",
            "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--pick-place-share", "0.2",
-           "--val-fraction", "0.5", "--freeze", r"^embed\.token",
+           "--val-fraction", "0.5", "--freeze", r"^embed\.token", "--goal-weight", "0.5",
            "--select-every", "1", "--select-episodes", "1", "--paired-replay", "--image-shift", "1",
            "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -66,6 +66,8 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert recipe["val_fraction"] == summary["train"]["val_fraction"] == 0.5
     assert recipe["freeze"] == summary["train"]["freeze"] == r"^embed\.token"
     assert recipe["image_shift"] == 1
+    # the goal loss on the replay's sim layouts (the bags have none); the tiny bundle trained without one
+    assert recipe["goal_weight"] == summary["train"]["goal_weight"] == 0.5
     # Weights kept every step; each snapshot exported and run on the validation seeds; the chosen one exported.
     sel = summary["selection"]
     assert sel == json.loads((out / "select.json").read_text()) and sel["seeds"] == [3000000, 3000000]
@@ -107,28 +109,35 @@ def test_choose_snapshot():
 
 
 def test_default_freeze_fits_the_shipped_model():
-    """The demo's default --freeze holds the shipped model's embeddings (but FiLM) and blocks 0-1; the rest trains."""
-    from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
+    """The demo's default --freeze holds the shipped model's embeddings but the instruction's FiLM layer; every block
+    trains. FREEZE_LOWER_HALF (the previous bundle's setting) holds blocks 0-1 too."""
+    from gato_ros.finetune_demo import FREEZE_EMBEDDINGS, FREEZE_LOWER_HALF, parse_args
     from gato_ros.model.config import GatoConfig
     from gato_ros.model.model import GatoModel
     from gato_ros.model.train import freeze_parameters, load_checkpoint
 
-    assert parse_args([]).freeze == FREEZE_LOWER_HALF
+    assert parse_args([]).freeze == FREEZE_EMBEDDINGS
     ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "models" / "gato_arm_small" / "model.pt")
     model = GatoModel(GatoConfig.from_dict(ckpt["config"]))
-    frozen = set(freeze_parameters(model, FREEZE_LOWER_HALF))
+    frozen = set(freeze_parameters(model, FREEZE_EMBEDDINGS))
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {"embed.token.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.0.weight"} <= frozen
-    assert any(n.startswith("embed.patch.film") for n in trained) and any(n.startswith("blocks.3.") for n in trained)
-    assert "head.weight" in trained and not any(n.startswith(("blocks.2.", "blocks.3.")) for n in frozen)
+    assert "embed.token.weight" in frozen and not any(n.startswith("blocks.") for n in frozen)
+    assert any(n.startswith("embed.patch.film") for n in trained) and "blocks.0.attn.qkv.weight" in trained
+    assert "head.weight" in trained
+    model = GatoModel(GatoConfig.from_dict(ckpt["config"]))
+    lower = set(freeze_parameters(model, FREEZE_LOWER_HALF))
+    assert {"blocks.0.attn.qkv.weight", "blocks.1.mlp.0.weight"} <= lower and frozen < lower
+    assert not any(n.startswith(("blocks.2.", "blocks.3.")) for n in lower)
 
 
 def test_defaults_are_the_best_measured_setting_and_shares_are_checked():
-    from gato_ros.finetune_demo import FREEZE_LOWER_HALF, parse_args
+    from gato_ros.finetune_demo import FREEZE_EMBEDDINGS, parse_args
 
     cfg = parse_args([])
-    assert cfg.paired_replay and cfg.replay_episodes == [100, 100] and cfg.freeze == FREEZE_LOWER_HALF
-    assert (cfg.new_task_share, cfg.pick_place_share, cfg.val_fraction, cfg.noise) == (0.45, 0.25, 0.01, 0.0)
+    assert cfg.paired_replay and cfg.replay_episodes == [100, 100] and cfg.freeze == FREEZE_EMBEDDINGS
+    assert (cfg.steps, cfg.new_task_share, cfg.pick_place_share) == (900, 0.55, 0.2)
+    assert (cfg.val_fraction, cfg.noise) == (0.01, 0.0)
+    assert cfg.goal_weight < 0  # the bundle's own: 1 for `make model`'s recipe, 0 for bundles trained without it
     assert not parse_args(["--no-paired-replay"]).paired_replay
     for bad in (["--new-task-share", "0.6", "--pick-place-share", "0.4"], ["--val-fraction", "0"],
                 ["--pick-place-share", "-0.1"]):

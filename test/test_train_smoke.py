@@ -87,6 +87,17 @@ def test_goal_weight_trains_a_goal_head_kept_apart_from_the_model(tmp_path):
     assert not torch.equal(load_checkpoint(out)["goal_head"]["weight"], ck["goal_head"]["weight"])
     with pytest.raises(ValueError, match="with the goal head; resume it with a --goal-weight"):
         train(TrainConfig(out=str(out), steps=34, resume=True, **TINY), episodes=eps)
+    # the bundle keeps the trained head beside the model's weights, and a fine-tune from it starts from that head
+    from gato_ros.model.export import export_checkpoint
+
+    ck = load_checkpoint(out)
+    export_checkpoint(ck, tmp_path / "bundle", rollout_steps=2)
+    kept = load_checkpoint(tmp_path / "bundle" / "model.pt")
+    assert all(torch.equal(kept["goal_head"][k], ck["goal_head"][k]) for k in ("weight", "bias"))
+    train(TrainConfig(out=str(tmp_path / "ftb"), init=str(tmp_path / "bundle"), steps=1, val_every=1, goal_weight=1.0,
+                      **dict(TINY, lr=1e-9, warmup=0)), episodes=eps)
+    moved = load_checkpoint(tmp_path / "ftb")["goal_head"]["weight"] - ck["goal_head"]["weight"]
+    assert float(moved.abs().max()) < 1e-6  # one step at lr 1e-9 from the kept head (a fresh one is random)
     # fine-tuning: from this run without the head, and from a run without one with a fresh head
     train(TrainConfig(out=str(tmp_path / "ft"), init=str(out), steps=2, val_every=2, **TINY), episodes=eps)
     assert "goal_head" not in load_checkpoint(tmp_path / "ft")

@@ -14,9 +14,9 @@ block weights are the paper's 79M parameters. The byte-level presets use the 259
 
 `gato-arm-film` also conditions its patch embedding on the instruction (`instruction_features`, FiLM),
 `gato-arm-film-norm` normalises the patch embeddings too, and `gato-arm-film-coord` adds CoordConv channels. The
-shipped bundle is `gato-arm-film-coord`, trained on a GPU (the model card). On the 2-core CPU none of these presets
-learned to ground the colour word within 90 minutes until training added the auxiliary goal loss (`train
---goal-weight`; `make model`); `python -m gato_ros.model.grounding` checks a model for it in a minute.
+shipped bundle is `gato-arm-film-coord`, trained on the 2-core CPU by `make model` (the model card). On that CPU
+none of these presets learned to ground the colour word within 90 minutes until training added the auxiliary goal
+loss (`train --goal-weight`); `python -m gato_ros.model.grounding` checks a model for it in a minute.
 
 The context the model attends to at every token is the *pinned prefix* (instruction bytes, optionally a Gato
 prompt of `prompt_steps` timesteps) plus the last `window_steps` timesteps; see `gato_ros.sequence` for why this

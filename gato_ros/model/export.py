@@ -288,8 +288,11 @@ def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = 
                     raise ExportCheckError("int8 graphs produce non-finite logits")
                 meta["export_check"]["int8"] = q
         write_meta(tmp, meta)
+        # the training-only goal head too (33k weights, no graph uses it): a fine-tune (`train --init` the bundle,
+        # --goal-weight) then continues the auxiliary loss from the trained head instead of a fresh one
+        head = {"goal_head": ckpt["goal_head"]} if ckpt.get("goal_head") else {}
         torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "normalizer": normalizer.to_dict(),
-                    "robot": robot, "git_commit": provenance["git_commit"]}, tmp / "model.pt")
+                    "robot": robot, "git_commit": provenance["git_commit"], **head}, tmp / "model.pt")
         (tmp / "README.md").write_text(model_card(meta))
         Bundle.load(tmp)  # what the runtime will see
         if out.exists():
