@@ -175,8 +175,8 @@ def parse_args(argv: list[str] | None = None) -> FinetuneDemoConfig:
                    help="share of contexts starting at an episode's first step (< 0: the bundle's; default 0)")
     p.add_argument("--turn-prob", type=float, default=0.0,
                    help="share of contexts holding the episode's sharpest turn (< 0: the bundle's; default 0)")
-    p.add_argument("--goal-weight", type=float, default=-1.0,
-                   help="auxiliary goal-position loss on the replay episodes (< 0: the bundle's; default -1)")
+    p.add_argument("--goal-weight", type=float, default=d["goal_weight"].default,
+                   help="auxiliary goal-position loss on the replay episodes (< 0: the bundle's; default %(default)s)")
     p.add_argument("--new-task-share", type=float, default=d["new_task_share"].default,
                    help="share of training contexts from the new demos (0: by episode length; default %(default)s)")
     p.add_argument("--pick-place-share", type=float, default=d["pick_place_share"].default,
