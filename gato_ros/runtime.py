@@ -94,13 +94,22 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     (prefill, decode) with Python in between, each session has its own pool, and by default a pool's workers keep
     spinning for a while after a call: on a 2-core machine the idle session's spinning worker then takes the core
     the other session's call needs (gato-79m int8, 2 threads: decode call 7.7 ms spinning against 4.7 ms stopped,
-    1 thread 6.5 ms; BENCHMARKS.md, 2026-11-30 15:15 section). Workers still spin between the operators of a call."""
+    1 thread 6.5 ms; BENCHMARKS.md, 2026-11-30 15:15 section). Workers still spin between the operators of a call.
+
+    Denormal floats are flushed to zero (`session.set_denormal_as_zero`). Attention masks add -inf, and the
+    softmax's exp of those scores underflows through the denormal range, which Intel cores handle in microcode:
+    one prefill softmax took 126 us instead of 23 on the 2026-12-01 Xeon host, and the shipped bundle's tick fell
+    from 4.65 to 4.2 ms (BENCHMARKS.md, 2026-12-01 06:30 section); logits were bit-identical over 1000 replayed
+    ticks. ONNX Runtime sets the flags on each session's pool threads and, for the first session a process creates,
+    on the creating thread: from then on that thread's other float work (numpy, MuJoCo) flushes denormals too
+    (sim trajectories of expert episodes were bit-identical with and without)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads) if threads else min(os.cpu_count() or 1, 4)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     if so.intra_op_num_threads > 1:
         so.add_session_config_entry("session.force_spinning_stop", "1")
     return so

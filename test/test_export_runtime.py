@@ -143,11 +143,29 @@ def test_two_thread_sessions_stop_spinning_between_calls_and_act_as_one_thread(b
         for name, sess in policy.sessions.items():
             so = sess.get_session_options()
             assert so.intra_op_num_threads == threads, name
+            assert so.get_session_config_entry("session.set_denormal_as_zero") == "1", name
             if threads > 1:
                 assert so.get_session_config_entry("session.force_spinning_stop") == "1", name
         policy.set_instruction("reach")
         acts.append(np.stack([policy.act({k: v[t] for k, v in obs.items()}) for t in range(10)]))
     np.testing.assert_allclose(acts[1], acts[0], atol=1e-9)
+
+
+def test_loading_a_policy_flushes_denormals_in_the_loading_thread(bundle):
+    """The sessions flush denormals (an exp of -inf-masked attention scores passes through them, which Intel cores
+    handle in microcode); ONNX Runtime applies it to the thread that creates the process's first session, so numpy
+    in that thread flushes them from then on. A fresh process, since only the first session sets the thread's flags."""
+    out, _, _ = bundle
+    code = ("import numpy as np\n"
+            "from gato_ros.runtime import RuntimePolicy\n"
+            "x = np.array([1e-39], np.float32)\n"
+            "before = float((x * np.float32(2))[0])\n"
+            f"RuntimePolicy.load({str(out)!r}, execution_provider='cpu', threads=1)\n"
+            "print(before, float((x * np.float32(2))[0]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = map(float, r.stdout.split())
+    assert before == pytest.approx(2e-39, rel=1e-3) and after == 0.0
 
 
 def test_temperature_sampling_is_seeded(bundle):
