@@ -189,8 +189,19 @@ class RuntimePolicy:
         self.ring_k = xp.zeros((L, H, Dh, R), np.float32)
         self.values = xp.zeros((L, H, C, Dh), np.float32)
         self._prefix_mask = np.full(P, NEG_INF, np.float32)  # (P,) 0 where a prefix slot holds a token
+        self._prefix_epoch = 0  # counts prefix encodings: a call set rewrites its prefix mask columns when it changed
         self._ring_step = np.full(R, -1, np.int64)  # (R,) timestep held by each ring slot, -1 = empty
+        # Ring visibility for this tick's queries (0 / -inf), set when a tick starts and opened by each write; and
+        # for the previous tick's last action, fed with the tick's first call.
+        self._ring_vis = np.full(R, NEG_INF, np.float32)
+        self._lead_vis = np.full(R, NEG_INF, np.float32)
+        # The tick's rotary rows (row 0: previous tick's last action; row 1 + offset: this step), rewritten in place
+        # each tick; every call set binds its (contiguous) rows of them once.
+        self._cos = np.zeros((1 + S, cfg.head_dim), np.float32)
+        self._sin = np.zeros((1 + S, cfg.head_dim), np.float32)
         self._a_last = S - 1  # offset of the last action token in a timestep
+        self._P, self._K, self._S, self._obs_len, self._A = P, cfg.window_steps, S, obs, cfg.spec.action_size
+        self._bin_offset = int(self.tok.bin_offset)
 
         # Episode-token calls: inputs and outputs preallocated and bound once per call shape (created on first
         # use; a tick uses a handful of shapes), so a call only rewrites a few small arrays in place.
@@ -242,7 +253,7 @@ class RuntimePolicy:
         """Start a new episode: clear the timestep ring, keep (re-encode) the instruction and prompt prefix."""
         self._t = 0
         self._pending: int | None = None  # last action token of the previous tick, not yet in the cache
-        self._last_actions: np.ndarray | None = None  # previous tick's action tokens: the Jacobi guesses
+        self._last_actions: list[int] | None = None  # previous tick's action tokens: the Jacobi guesses
         self._ring_step.fill(-1)
         self._encode_prefix()
 
@@ -305,29 +316,35 @@ class RuntimePolicy:
         carries the observation, with the previous tick's actions as guesses: when the arm moves smoothly a whole
         tick costs one pass over the weights instead of A. With a temperature, tokens are sampled one call each.
         """
-        cfg, S, obs, A = self.cfg, self.ctx.S, self.ctx.obs_len, self.cfg.spec.action_size
+        S, obs, A, K, off = self._S, self._obs_len, self._A, self._K, self._bin_offset
         t = self._t
-        pos = t * S + np.arange(S)
-        cos, sin = rope_full(*rope_tables(np.concatenate(([t * S - 1], pos)), cfg.head_dim, cfg.rope_base))
-        self._cos, self._sin = cos, sin  # row 0: previous tick's last action; row 1 + offset: this step
+        cos, sin = rope_full(*rope_tables(np.arange(t * S - 1, (t + 1) * S), self.cfg.head_dim, self.cfg.rope_base))
+        self._cos[:], self._sin[:] = cos, sin  # row 0: previous tick's last action; row 1 + offset: this step
+        # A ring slot is visible to a query of step s iff it holds a step in (s - K, s] (all cached tokens precede).
+        rs = self._ring_step
+        self._ring_vis[:] = np.where(rs > max(t - K, -1), 0.0, NEG_INF)
         jacobi = self.temperature == 0.0 and self.jacobi
-        guess = self._last_actions[:A - 1] if (jacobi and self._last_actions is not None) else np.zeros(0, np.int64)
+        # Guesses and predictions are Python lists of token ids: a handful each, faster than numpy at this size.
+        guess = self._last_actions[:A - 1] if (jacobi and self._last_actions is not None) else []
 
         # Call 1: [last action of t-1] + observation of t + guesses for actions 0..A-2.
         lead = 0 if self._pending is None else 1
-        offs = np.concatenate(([self._a_last] if lead else [], np.arange(obs), obs + np.arange(len(guess))))
-        offs = offs.astype(np.int64)
-        steps = np.full(len(offs), t, np.int64)
-        steps[:lead] = t - 1
-        cs = self._set(("tick", lead, len(guess)), offs, steps)
-        cs.io["tokens"][:lead] = self._pending if lead else 0
-        cs.io["tokens"][lead:lead + obs] = step.tokens[0, :obs]
-        cs.io["tokens"][lead + obs:] = guess
+        cs = self._sets.get(("tick", lead, len(guess)))
+        if cs is None:
+            offs = np.concatenate(([self._a_last] if lead else [], np.arange(obs), obs + np.arange(len(guess))))
+            steps = np.full(len(offs), t, np.int64)
+            steps[:lead] = t - 1
+            cs = self._set(("tick", lead, len(guess)), offs.astype(np.int64), steps)
+        if lead:  # the previous tick's last action still sees step t - K
+            self._lead_vis[:] = np.where(rs > max(t - 1 - K, -1), 0.0, NEG_INF)
+            cs.tokens[0] = self._pending
+        cs.tokens[lead:lead + obs] = step.tokens[0, :obs]
+        cs.tokens[lead + obs:] = guess
         cs.io["patches"][:len(cs.image_rows)] = step.patches[0]  # the image rows' patches, in order
         rows = self._run_set(cs)  # (min(T, A), nb): last rows predict actions 0..len(guess)
         logits = rows[-(len(guess) + 1):]
-        best = logits.argmax(1) + self.tok.bin_offset  # greedy token after each row's input
-        n_ok = self._accept(best, guess)
+        best = [b + off for b in logits.argmax(1).tolist()]  # greedy token after each row's input
+        n_ok = _accepted(best, guess)
         self._write(cs, lead + obs + n_ok)  # observation and the proven guesses
         if self._calls is not None:
             self._calls.append(time.perf_counter())
@@ -337,38 +354,28 @@ class RuntimePolicy:
         # Further calls: the last certain token (position p) + guesses for positions p+1..A-2.
         while len(final) < A:
             p = len(final) - 1
-            guess = preds[:A - 2 - p] if jacobi else preds[:0]
-            cs = self._set(("act", p, 1 + len(guess)))
-            cs.io["tokens"][0] = final[-1]
-            cs.io["tokens"][1:] = guess
+            guess = preds[:A - 2 - p] if jacobi else []
+            cs = self._sets.get(("act", p, 1 + len(guess))) or self._set(("act", p, 1 + len(guess)))
+            cs.tokens[0] = final[-1]
+            cs.tokens[1:] = guess
             logits = self._run_set(cs)  # (n, nb): row i predicts action p + 1 + i
-            best = logits.argmax(1) + self.tok.bin_offset
-            n_ok = self._accept(best, guess)
+            best = [b + off for b in logits.argmax(1).tolist()]
+            n_ok = _accepted(best, guess)
             self._write(cs, 1 + n_ok)
             final += self._picks(logits, best, n_ok + 1)
             preds = best[n_ok + 1:]
             if self._calls is not None:
                 self._calls.append(time.perf_counter())
-        acts = np.asarray(final[:A], np.int64)
-        self._pending = int(acts[-1])
-        self._last_actions = acts
+        final = final[:A]
+        self._pending = final[-1]
+        self._last_actions = final
         self._t = t + 1
-        return acts
+        return np.asarray(final, np.int64)
 
-    @staticmethod
-    def _accept(best: np.ndarray, guess: np.ndarray) -> int:
-        """How many leading guesses equal the greedy prediction made just before them (`best[i]`: the greedy
-        token after input i)."""
-        n = len(guess)
-        if n == 0:
-            return 0
-        wrong = best[:n] != guess
-        return int(wrong.argmax()) if wrong.any() else n
-
-    def _picks(self, logits: np.ndarray, best: np.ndarray, n: int) -> list[int]:
+    def _picks(self, logits: np.ndarray, best: list[int], n: int) -> list[int]:
         """The tokens chosen from the first n rows: the greedy ones, or drawn (temperature) / traced one by one."""
         if self.temperature == 0.0 and self.trace is None:
-            return best[:n].tolist()
+            return best[:n]
         return [self._sample(logits[i]) for i in range(n)]
 
     def _set(self, key: tuple, offsets: np.ndarray | None = None, steps: np.ndarray | None = None) -> "_CallSet":
@@ -384,41 +391,41 @@ class RuntimePolicy:
         return cs
 
     def _run_set(self, cs: "_CallSet") -> np.ndarray:
-        """Fill rotary rows and the mask for the call's queries in the current tick, run; -> logits."""
-        P, K, t = self.cfg.prefix_slots, self.cfg.window_steps, self._t
-        io = cs.io
-        np.take(self._cos, cs.rope_rows, axis=0, out=io["rope_cos"])
-        np.take(self._sin, cs.rope_rows, axis=0, out=io["rope_sin"])
-        rs = self._ring_step
-        mask = io["mask"]  # (T, P + R + T); the new-token block is causal and fixed
-        mask[:, :P] = self._prefix_mask
-        # A ring slot is visible to a query of step s iff it holds a step in (s - K, s] (all cached tokens precede).
-        mask[:, P:self._C] = np.where((rs >= 0) & (rs > t - K), 0.0, NEG_INF)
-        if cs.lead:  # the previous tick's last action still sees step t - K
-            mask[0, P:self._C] = np.where((rs >= 0) & (rs > t - 1 - K), 0.0, NEG_INF)
+        """Bring the call's mask up to date (prefix columns when the prefix changed; ring columns from the tick's
+        visibility) and run; -> logits. The rotary rows are bound views of the tick's tables."""
+        P, C = self._P, self._C
+        mask = cs.mask  # (T, P + R + T); the new-token block is causal and fixed
+        if cs.prefix_epoch != self._prefix_epoch:
+            mask[:, :P] = self._prefix_mask
+            cs.prefix_epoch = self._prefix_epoch
+        mask[:, P:C] = self._ring_vis
+        if cs.lead:
+            mask[0, P:C] = self._lead_vis
         self.sessions[cs.graph].run_with_iobinding(cs.binding)
         self.graph_calls += 1
         return cs.logits
 
     def _write(self, cs: "_CallSet", n: int) -> None:
-        """Write the keys/values of the call's first n tokens into their ring slots (one slice copy per layer
-        buffer when the slots are consecutive, as they are except where a tick's lead token wraps the ring)."""
+        """Write the keys/values of the call's first n tokens into their ring slots and open those slots to the
+        tick's later queries (one slice copy per buffer when the slots are consecutive, as they are except where a
+        tick's lead token wraps the ring)."""
         if n <= 0:
             return
-        P, S, K, t = self.cfg.prefix_slots, self.ctx.S, self.cfg.window_steps, self._t
-        steps = t + cs.rel_steps[:n]
-        slots = (steps % K) * S + cs.offsets[:n]
+        P, S, K, t = self._P, self._S, self._K, self._t
+        a = ((t + cs.rel_list[0]) % K) * S + cs.off_list[0]
         new_k, new_v = cs.new_k[:, :, :n], cs.new_v[:, :, :n]
-        a = int(slots[0])
-        if int(slots[-1]) - a == n - 1:
+        if ((t + cs.rel_list[n - 1]) % K) * S + cs.off_list[n - 1] - a == n - 1:
             self.ring_k[:, :, :, a:a + n] = new_k.transpose(0, 1, 3, 2)
             self.values[:, :, P + a:P + a + n] = new_v
-            self._ring_step[a:a + n] = steps
+            self._ring_step[a:a + n] = t + cs.rel_steps[:n]
+            self._ring_vis[a:a + n] = 0.0
         else:
+            slots = ((t + cs.rel_steps[:n]) % K) * S + cs.offsets[:n]
             idx = self._xp.asarray(slots)
             self.ring_k[:, :, :, idx] = new_k.transpose(0, 1, 3, 2)
             self.values[:, :, P + idx] = new_v
-            self._ring_step[slots] = steps
+            self._ring_step[slots] = t + cs.rel_steps[:n]
+            self._ring_vis[slots] = 0.0
         if self._xp is not np:  # ONNX Runtime's CUDA stream does not wait for CuPy's: finish the writes first
             self._xp.cuda.get_current_stream().synchronize()
 
@@ -468,6 +475,7 @@ class RuntimePolicy:
         if xp is not np:
             xp.cuda.get_current_stream().synchronize()
         self._prefix_mask[:n] = 0.0
+        self._prefix_epoch += 1
 
     # ------------------------------------------------------------------ observations
     def _obs_keys(self) -> tuple[str, ...]:
@@ -498,6 +506,15 @@ class RuntimePolicy:
         return out
 
 
+def _accepted(best: list[int], guess: list[int]) -> int:
+    """How many leading guesses equal the greedy prediction made just before them (`best[i]`: the greedy token
+    after input i)."""
+    n = 0
+    while n < len(guess) and best[n] == guess[n]:
+        n += 1
+    return n
+
+
 class _CallSet:
     """Preallocated, pre-bound inputs and outputs of one episode-token call shape: tokens at within-timestep
     `offsets` (observation offsets take their layout embeddings, action offsets none). Calls of action tokens only use
@@ -508,8 +525,13 @@ class _CallSet:
         T, C = len(offsets), policy._C
         self.offsets, self.rel_steps = offsets, rel_steps  # within-timestep offsets; steps relative to the tick's
         self.lead = bool(rel_steps[0] < 0)  # first token: the previous tick's last action
-        # rows of the tick's rotary table (row 0: previous tick's last action; row 1 + offset: this step)
-        self.rope_rows = np.where(rel_steps < 0, 0, 1 + offsets)
+        self.rel_list, self.off_list = rel_steps.tolist(), offsets.tolist()
+        # rows of the tick's rotary tables (row 0: previous tick's last action; row 1 + offset: this step): always
+        # consecutive (a lead action, then consecutive offsets of one step), so the inputs are views of the tables
+        rope_rows = np.where(rel_steps < 0, 0, 1 + offsets)
+        r0 = int(rope_rows[0])
+        if not np.array_equal(rope_rows, r0 + np.arange(T)):
+            raise AssertionError(f"call rows {rope_rows.tolist()} are not consecutive rotary rows")
         is_image = ctx.is_image[offsets] & (rel_steps == 0)  # this step's patches (a lead action is no image)
         self.image_rows = np.flatnonzero(is_image)
         L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
@@ -523,9 +545,10 @@ class _CallSet:
             io.update({"local_pos": ctx.local_pos[offsets].copy(), "prefix_pos": np.full(T, ctx.prefix_pad, np.int64)})
             if cfg.instruction_features:
                 io["text_feat"] = policy._text_feat  # the policy's array: set_instruction rewrites it in place
-        io.update({"rope_cos": np.zeros((T, Dh), np.float32), "rope_sin": np.zeros((T, Dh), np.float32),
-                   "mask": mask})
+        io.update({"rope_cos": policy._cos[r0:r0 + T], "rope_sin": policy._sin[r0:r0 + T], "mask": mask})
         self.io = io
+        self.tokens, self.mask = io["tokens"], mask
+        self.prefix_epoch = -1  # prefix mask columns not written yet
         b = policy.sessions[self.graph].io_binding()
         for k, arr in io.items():
             b.bind_cpu_input(k, arr)

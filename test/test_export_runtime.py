@@ -116,10 +116,15 @@ def test_jacobi_decoding_equals_sequential_and_saves_calls(bundle):
 
 
 def test_act_is_deterministic_after_reset_and_within_limits(bundle):
+    """Episodes on one policy act exactly as on a fresh one: after reset, and after a new instruction (its call
+    sets, made in the first episode, must take the new prefix's mask)."""
     out, _, _ = bundle
     policy = RuntimePolicy.load(out, execution_provider="cpu")
     obs = random_episode(policy.cfg, 8, seed=1)
-    run = lambda: np.stack([policy.act({k: v[t] for k, v in obs.items()}) for t in range(8)])  # noqa: E731
+
+    def run(p=policy):
+        return np.stack([p.act({k: v[t] for k, v in obs.items()}) for t in range(8)])
+
     policy.set_instruction("reach")
     a = run()
     policy.reset()
@@ -129,7 +134,11 @@ def test_act_is_deterministic_after_reset_and_within_limits(bundle):
     # delta mode: targets are near the current joint positions (normaliser range +-0.05)
     assert np.all(np.abs(a[:, :6] - obs["joint_pos"][:, :6]) <= 0.05 + 1e-9)
     policy.set_instruction("a different instruction")
-    assert not np.array_equal(run(), a)
+    b = run()
+    assert not np.array_equal(b, a)
+    fresh = RuntimePolicy.load(out, execution_provider="cpu")
+    fresh.set_instruction("a different instruction")
+    np.testing.assert_array_equal(run(fresh), b)
 
 
 def test_two_thread_sessions_stop_spinning_between_calls_and_act_as_one_thread(bundle):
