@@ -43,11 +43,9 @@ def machine_limits(threads: int, precision: str = "fp32") -> dict[str, float]:
     m, n = 256, 1024
     with tempfile.TemporaryDirectory() as tmp:
         path = _matmul_graph(Path(tmp), n, precision)
-        import onnxruntime as ort
+        from gato_ros.runtime import inference_session, session_options
 
-        from gato_ros.runtime import session_options
-
-        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        sess = inference_session(path, session_options(threads), ["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((m, n), dtype=np.float32)
         sess.run(None, {"x": x})
         mm = min(_timed(lambda: sess.run(None, {"x": x})) for _ in range(20))

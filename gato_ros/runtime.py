@@ -26,7 +26,11 @@ Imports neither torch nor rclpy (tested).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +50,61 @@ PROVIDER_ORDER = {
     "cpu": ["CPUExecutionProvider"],
 }
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # sessions whose cache can live on the GPU
+
+
+def _libm():
+    """glibc's libm on x86-64 Linux (for fegetenv/fesetenv), else None."""
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:
+        return None
+
+
+_LIBM = _libm()
+_FENV_BYTES, _MXCSR_AT = 32, 28  # glibc's x86-64 fenv_t: the x87 environment (28 bytes), then the SSE MXCSR
+_FTZ_DAZ = 0x8040  # MXCSR flush-to-zero (results) and denormals-are-zero (inputs)
+
+
+class _FloatEnv:
+    """Scope over the calling thread's floating-point environment (x86-64 Linux; elsewhere a no-op): restored on
+    exit as it was on entry; with `flush`, denormal floats are flushed to zero inside (MXCSR FTZ + DAZ).
+
+    Why: see `session_options`. ONNX Runtime's own `session.set_denormal_as_zero` also sets these flags, on each
+    session's pool threads and, for the first session of a process, on the thread creating it for good, so the
+    host process's numpy, MuJoCo or hypothesis would lose denormals too. Sessions are therefore created inside
+    `_FloatEnv()` (`inference_session`), and the policy's own graph calls run inside `_FloatEnv(flush=True)`."""
+
+    __slots__ = ("flush", "saved")
+
+    def __init__(self, flush: bool = False):
+        self.flush = flush
+        self.saved = None
+
+    def __enter__(self) -> "_FloatEnv":
+        if _LIBM is None:
+            return self
+        saved = ctypes.create_string_buffer(_FENV_BYTES)
+        if _LIBM.fegetenv(saved) != 0:
+            return self
+        self.saved = saved
+        if self.flush:
+            env = ctypes.create_string_buffer(saved.raw, _FENV_BYTES)
+            mxcsr = int.from_bytes(saved.raw[_MXCSR_AT:_MXCSR_AT + 4], "little") | _FTZ_DAZ
+            ctypes.memmove(ctypes.addressof(env) + _MXCSR_AT, mxcsr.to_bytes(4, "little"), 4)
+            _LIBM.fesetenv(env)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            _LIBM.fesetenv(self.saved)
+
+
+def inference_session(path, sess_options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """`ort.InferenceSession` that leaves the calling thread's floating-point environment as it found it."""
+    with _FloatEnv():
+        return ort.InferenceSession(str(path), sess_options=sess_options, providers=providers)
 NEG_INF = np.float32(-np.inf)
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
@@ -96,13 +155,13 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     the other session's call needs (gato-79m int8, 2 threads: decode call 7.7 ms spinning against 4.7 ms stopped,
     1 thread 6.5 ms; BENCHMARKS.md, 2026-11-30 15:15 section). Workers still spin between the operators of a call.
 
-    Denormal floats are flushed to zero (`session.set_denormal_as_zero`). Attention masks add -inf, and the
-    softmax's exp of those scores underflows through the denormal range, which Intel cores handle in microcode:
-    one prefill softmax took 126 us instead of 23 on the 2026-12-01 Xeon host, and the shipped bundle's tick fell
-    from 4.65 to 4.2 ms (BENCHMARKS.md, 2026-12-01 06:30 section); logits were bit-identical over 1000 replayed
-    ticks. ONNX Runtime sets the flags on each session's pool threads and, for the first session a process creates,
-    on the creating thread: from then on that thread's other float work (numpy, MuJoCo) flushes denormals too
-    (sim trajectories of expert episodes were bit-identical with and without)."""
+    Denormal floats are flushed to zero in the graph calls: on the pool threads by `session.set_denormal_as_zero`,
+    on the calling thread by `_FloatEnv(flush=True)` around the policy's calls, and only there (create sessions
+    with `inference_session`, which undoes what ONNX Runtime would leave set on the creating thread). Attention
+    masks add -inf, and the softmax's exp of those scores underflows through the denormal range, which Intel cores
+    handle in microcode: one prefill softmax took 126 us instead of 23 on the 2026-12-01 Xeon host, and the shipped
+    bundle's tick fell by ~0.5 ms (BENCHMARKS.md, 2026-12-01 06:10 section); logits were bit-identical over 1000
+    replayed ticks."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -161,7 +220,7 @@ class RuntimePolicy:
         self.sessions: dict[str, ort.InferenceSession] = {}
         for g, f in bundle.graph_files.items():
             try:
-                sess = ort.InferenceSession(str(f), sess_options=so, providers=providers)
+                sess = inference_session(f, so, providers)
             except Exception as e:  # onnxruntime raises several types for unreadable graphs
                 raise BundleError(f"{f}: cannot be loaded by ONNX Runtime ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300]}); re-export the bundle") from None
@@ -315,7 +374,12 @@ class RuntimePolicy:
         sequential greedy decode; only keys/values of inputs proven correct enter the cache. The first call also
         carries the observation, with the previous tick's actions as guesses: when the arm moves smoothly a whole
         tick costs one pass over the weights instead of A. With a temperature, tokens are sampled one call each.
+        Denormals are flushed to zero on this thread for the tick only (see `session_options`).
         """
+        with _FloatEnv(flush=True):
+            return self._act_tokens(step)
+
+    def _act_tokens(self, step: TimestepTokens) -> np.ndarray:
         S, obs, A, K, off = self._S, self._obs_len, self._A, self._K, self._bin_offset
         t = self._t
         cos, sin = rope_full(*rope_tables(np.arange(t * S - 1, (t + 1) * S), self.cfg.head_dim, self.cfg.rope_base))
@@ -467,7 +531,8 @@ class RuntimePolicy:
         self._bind_cache(b)
         for k in ("logits", "new_k", "new_v"):
             b.bind_output(k, "cpu")
-        self.sessions["prefill"].run_with_iobinding(b)
+        with _FloatEnv(flush=True):
+            self.sessions["prefill"].run_with_iobinding(b)
         _, new_k, new_v = b.copy_outputs_to_cpu()
         xp = self._xp
         self.prefix_k[:, :, :, :n] = xp.asarray(new_k.transpose(0, 1, 3, 2))

@@ -118,11 +118,9 @@ def export_graph(model: GatoModel, graph: str, path: Path) -> None:
 
 
 def _ort_session(path: Path, threads: int = 1):
-    import onnxruntime as ort
+    from gato_ros.runtime import inference_session, session_options
 
-    from gato_ros.runtime import session_options
-
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    return inference_session(path, session_options(threads), ["CPUExecutionProvider"])
 
 
 def check_graphs(model: GatoModel, files: dict[str, Path], seed: int = 0) -> dict[str, float]:
