@@ -50,6 +50,8 @@ PROVIDER_ORDER = {
     "cpu": ["CPUExecutionProvider"],
 }
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # sessions whose cache can live on the GPU
+NEG_INF = np.float32(-np.inf)
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
 
 def _libm():
@@ -105,8 +107,6 @@ def inference_session(path, sess_options: ort.SessionOptions, providers: list[st
     """`ort.InferenceSession` that leaves the calling thread's floating-point environment as it found it."""
     with _FloatEnv():
         return ort.InferenceSession(str(path), sess_options=sess_options, providers=providers)
-NEG_INF = np.float32(-np.inf)
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
 
 def _gpu_present() -> bool:
