@@ -191,6 +191,26 @@ def test_denormals_are_flushed_in_the_graph_calls_only(bundle):
         inside = float((x * np.float32(2))[0])
     assert inside == 0.0 and float((x * np.float32(2))[0]) == pytest.approx(2e-39, rel=1e-3, abs=0)
 
+    class Spy:  # records, at every graph call, what the calling thread makes of a denormal
+        def __init__(self, sess):
+            self.sess, self.seen = sess, []
+
+        def run_with_iobinding(self, binding):
+            self.seen.append(float((x * np.float32(2))[0]))
+            return self.sess.run_with_iobinding(binding)
+
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+    policy = RuntimePolicy.load(out, execution_provider="cpu", threads=1)
+    policy.sessions = {g: Spy(sess) for g, sess in policy.sessions.items()}
+    policy.set_instruction("go")
+    obs = random_episode(preset("gato-tiny"), 3, seed=2)
+    [policy.act({k: v[t] for k, v in obs.items()}) for t in range(3)]
+    seen = [v for spy in policy.sessions.values() for v in spy.seen]
+    assert len(seen) >= 4 and set(seen) == {0.0}  # flushed in every call: the prefix encoding and 3 ticks
+    assert float((x * np.float32(2))[0]) > 0.0
+
 
 def test_temperature_sampling_is_seeded(bundle):
     out, _, _ = bundle
