@@ -23,7 +23,8 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
            "--eval-episodes", "1", "--turn-prob", "0.5", "--new-task-share", "0.5", "--pick-place-share", "0.2",
            "--val-fraction", "0.5", "--freeze", r"^embed\.token", "--goal-weight", "0.5",
            "--select-every", "1", "--select-episodes", "1", "--paired-replay", "--image-shift", "1",
-           "--execution-provider", "cpu", "--export-rollout-steps", "4", "--no-progress", "--json"]
+           "--execution-provider", "cpu", "--export-rollout-steps", "4", "--train-threads", "1", "--no-progress",
+           "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -66,6 +67,7 @@ def test_finetune_demo_tiny(tmp_path, tmp_path_factory):
     assert recipe["val_fraction"] == summary["train"]["val_fraction"] == 0.5
     assert recipe["freeze"] == summary["train"]["freeze"] == r"^embed\.token"
     assert recipe["image_shift"] == 1
+    assert recipe["threads"] == summary["train"]["threads"] == 1
     # the goal loss on the replay's sim layouts (the bags have none); the tiny bundle trained without one
     assert recipe["goal_weight"] == summary["train"]["goal_weight"] == 0.5
     # Weights kept every step; each snapshot exported and run on the validation seeds; the chosen one exported.
@@ -137,9 +139,10 @@ def test_defaults_are_the_best_measured_setting_and_shares_are_checked():
     assert cfg.paired_replay and cfg.replay_episodes == [100, 100] and cfg.freeze == FREEZE_EMBEDDINGS
     assert (cfg.steps, cfg.new_task_share, cfg.pick_place_share) == (900, 0.55, 0.2)
     assert (cfg.val_fraction, cfg.noise) == (0.01, 0.0)
+    assert cfg.train_threads == 0  # train's default (1 thread on 2 cores): the setting measured to pass
     assert cfg.goal_weight < 0  # the bundle's own: 1 for `make model`'s recipe, 0 for bundles trained without it
     assert not parse_args(["--no-paired-replay"]).paired_replay
     for bad in (["--new-task-share", "0.6", "--pick-place-share", "0.4"], ["--val-fraction", "0"],
-                ["--pick-place-share", "-0.1"]):
+                ["--pick-place-share", "-0.1"], ["--train-threads", "-1"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
