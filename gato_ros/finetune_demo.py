@@ -120,10 +120,10 @@ class FinetuneDemoConfig:
     train_threads: int = 0
     """torch threads of the fine-tune (`train --threads`); 0: `train`'s default (1 on a 2-core machine). The
     fine-tune runs alone, so 2 threads on 2 cores are faster (1.10 against 1.73 s per step of 64 on the 2-vCPU
-    Intel host, idle; the whole demo 15 instead of 34 min), but the one demo run with 2 threads, 2026-12-01, failed
-    the 10-point check on pick_place (98% -> 84%; point_above 6% -> 78%), while the 1-thread runs passed: the
-    margins are thin and the thread count changes the arithmetic, so the default stays the measured setting
-    (docs/ros.md, BENCHMARKS.md 2026-12-01 06:10 section)."""
+    Intel host, idle; the whole demo 15 instead of 34 min), but 2-thread runs passed the demo's checks in 1 of 3
+    (2026-12-01: pick_place -14 once, point_above 67% once) against 3 of 3 at 1 thread: the margins are thin and
+    the thread count changes the arithmetic, so the default stays the measured setting (docs/ros.md, BENCHMARKS.md
+    2026-12-01 06:10 section)."""
     export_rollout_steps: int = 0
     """Cached-decoding steps of the export check; 0: export's default (the ring buffer wraps twice)."""
     progress: bool = True

@@ -103,7 +103,8 @@ class _FloatEnv:
             _LIBM.fesetenv(self.saved)
 
 
-def inference_session(path, sess_options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+def inference_session(path: str | os.PathLike, sess_options: ort.SessionOptions,
+                      providers: list[str]) -> ort.InferenceSession:
     """`ort.InferenceSession` that leaves the calling thread's floating-point environment as it found it."""
     with _FloatEnv():
         return ort.InferenceSession(str(path), sess_options=sess_options, providers=providers)
