@@ -394,12 +394,7 @@ class RuntimePolicy:
 
         # Call 1: [last action of t-1] + observation of t + guesses for actions 0..A-2.
         lead = 0 if self._pending is None else 1
-        cs = self._sets.get(("tick", lead, len(guess)))
-        if cs is None:
-            offs = np.concatenate(([self._a_last] if lead else [], np.arange(obs), obs + np.arange(len(guess))))
-            steps = np.full(len(offs), t, np.int64)
-            steps[:lead] = t - 1
-            cs = self._set(("tick", lead, len(guess)), offs.astype(np.int64), steps)
+        cs = self._set(("tick", lead, len(guess)))
         if lead:  # the previous tick's last action still sees step t - K
             self._lead_vis[:] = np.where(rs > max(t - 1 - K, -1), 0.0, NEG_INF)
             cs.tokens[0] = self._pending
@@ -420,7 +415,7 @@ class RuntimePolicy:
         while len(final) < A:
             p = len(final) - 1
             guess = preds[:A - 2 - p] if jacobi else []
-            cs = self._sets.get(("act", p, 1 + len(guess))) or self._set(("act", p, 1 + len(guess)))
+            cs = self._set(("act", p, 1 + len(guess)))
             cs.tokens[0] = final[-1]
             cs.tokens[1:] = guess
             logits = self._run_set(cs)  # (n, nb): row i predicts action p + 1 + i
@@ -443,16 +438,21 @@ class RuntimePolicy:
             return best[:n]
         return [self._sample(logits[i]) for i in range(n)]
 
-    def _set(self, key: tuple, offsets: np.ndarray | None = None, steps: np.ndarray | None = None) -> "_CallSet":
-        """The pre-bound call set for an episode-token call of this shape (created once). key ("tick", lead,
-        guesses): the observation call, given its within-timestep `offsets` and `steps` relative to the current
-        one (-1 for the previous tick's last action); key ("act", p, n): n action tokens from action position p."""
+    def _set(self, key: tuple) -> "_CallSet":
+        """The pre-bound call set for an episode-token call of this shape (created on first use). key ("tick",
+        lead, g): the observation call, [the previous tick's last action if lead] + this step's observation + g
+        action guesses; key ("act", p, n): n action tokens from action position p."""
         cs = self._sets.get(key)
         if cs is None:
-            if offsets is None:
-                offsets = (self.ctx.obs_len + key[1] + np.arange(key[2])).astype(np.int64)
-                steps = np.full(key[2], self._t, np.int64)
-            cs = self._sets[key] = _CallSet(self, offsets, steps - self._t)
+            kind, a, n = key
+            obs = self._obs_len
+            if kind == "tick":  # steps relative to the tick's: -1 for the lead (the previous tick's last action)
+                offsets = np.concatenate(([self._a_last] * a, np.arange(obs), obs + np.arange(n))).astype(np.int64)
+                rel_steps = np.concatenate((np.full(a, -1), np.zeros(obs + n))).astype(np.int64)
+            else:
+                offsets = (obs + a + np.arange(n)).astype(np.int64)
+                rel_steps = np.zeros(n, np.int64)
+            cs = self._sets[key] = _CallSet(self, offsets, rel_steps)
         return cs
 
     def _run_set(self, cs: "_CallSet") -> np.ndarray:
