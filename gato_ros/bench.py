@@ -47,6 +47,7 @@ def machine_limits(threads: int, precision: str = "fp32") -> dict[str, float]:
 
         sess = inference_session(path, session_options(threads), ["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((m, n), dtype=np.float32)
+        x = x.astype(np.float16) if precision == "fp16" else x
         sess.run(None, {"x": x})
         mm = min(_timed(lambda: sess.run(None, {"x": x})) for _ in range(20))
     return {"mem_bw_gbs": round(bw, 2), "matmul_gflops": round(2 * m * n * n / mm / 1e9, 1)}
@@ -96,6 +97,11 @@ def _matmul_graph(tmp: Path, n: int, precision: str) -> Path:
 
         quantize_int8(path, tmp / "mm8.onnx")
         return tmp / "mm8.onnx"
+    if precision == "fp16":
+        from gato_ros.model.quantize import convert_fp16
+
+        convert_fp16(path, tmp / "mm16.onnx")
+        return tmp / "mm16.onnx"
     return path
 
 
@@ -113,7 +119,7 @@ def model_costs(cfg, precision: str = "fp32") -> dict[str, float]:
     prefill_tokens = cfg.observation_tokens + 1
     ctx = cfg.context_tokens
     attn = L * 2 * 2 * prefill_tokens * ctx * d  # scores + weighted values
-    per = 1.0 if precision == "int8" else 4.0
+    per = {"int8": 1.0, "fp16": 2.0}.get(precision, 4.0)  # bytes per weight
     return {"weight_bytes": per * weights, "prefill_flops": 2.0 * weights * prefill_tokens + attn}
 
 

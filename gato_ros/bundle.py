@@ -26,6 +26,10 @@ slots, ring slots, new tokens], and per layer l `prefix_k_l` (H, Dh, P) unrotate
 `value_l` (H, P+R, Dh); outputs `logits` (min(T, A), num_bins) of the last A = action_size tokens, `new_k`, `new_v`
 (L, H, T, Dh). `decode.onnx` takes action `tokens` (T,), the rope tables, the mask
 and the cache (T action tokens: one per call in sequential decoding, several in Jacobi iterations).
+
+`gato.json`'s `precision` (absent: fp32) says how the graphs compute: `fp32`; `int8` (int8 weight matmuls, the
+interface above unchanged); `fp16` (every weight and activation half precision, and every "f32" input and output
+above is float16 instead, the KV cache included: half the cache memory and traffic, for GPUs).
 """
 from __future__ import annotations
 
@@ -47,38 +51,45 @@ CONFIG_FILE = "gato.json"
 GRAPHS = ("prefill", "decode")
 
 OUTPUTS = ("logits", "new_k", "new_v")
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def float_type(precision: str) -> str:
+    """numpy name of a graph's float inputs and outputs (cache included) for a bundle `precision`."""
+    if precision not in PRECISIONS:
+        raise BundleError(f"unknown precision {precision!r} (this version reads {', '.join(PRECISIONS)})")
+    return "float16" if precision == "fp16" else "float32"
 
 
 def cache_names(n_layers: int) -> list[str]:
     return [f"{n}_{l}" for l in range(n_layers) for n in ("prefix_k", "ring_k", "value")]
 
 
-def graph_inputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
-    """(name, dtype, shape) of every input of `graph`; "T" marks the dynamic axis of the new tokens (the mask's second
-    axis is P + R + T), "N" that of their image patches."""
+def graph_inputs(cfg: GatoConfig, graph: str, precision: str = "fp32") -> list[tuple[str, str, tuple]]:
+    """(name, dtype, shape) of every input of `graph` in a bundle of `precision`; "T" marks the dynamic axis of the
+    new tokens (the mask's second axis is P + R + T), "N" that of their image patches."""
     H, Dh, P, R = cfg.n_heads, cfg.head_dim, cfg.prefix_slots, cfg.ring_slots
-    T = "T"
+    T, f = "T", float_type(precision)
     out: list[tuple[str, str, tuple]] = []
     if graph == "prefill":
-        out += [("tokens", "int64", (T,)), ("patches", "float32", ("N", cfg.patch_dim)),
+        out += [("tokens", "int64", (T,)), ("patches", f, ("N", cfg.patch_dim)),
                 ("patch_row_bin", "int64", ("N",)), ("patch_col_bin", "int64", ("N",)), ("embed_index", "int64", (T,)),
                 ("local_pos", "int64", (T,)), ("prefix_pos", "int64", (T,))]
         if cfg.instruction_features:
-            out += [("text_feat", "float32", (cfg.instruction_features,))]
+            out += [("text_feat", f, (cfg.instruction_features,))]
     else:
         out += [("tokens", "int64", (T,))]
-    out += [("rope_cos", "float32", (T, Dh)), ("rope_sin", "float32", (T, Dh)),
-            ("mask", "float32", (T, "T"))]
+    out += [("rope_cos", f, (T, Dh)), ("rope_sin", f, (T, Dh)), ("mask", f, (T, "T"))]
     for l in range(cfg.n_layers):
-        out += [(f"prefix_k_{l}", "float32", (H, Dh, P)), (f"ring_k_{l}", "float32", (H, Dh, R)),
-                (f"value_{l}", "float32", (H, P + R, Dh))]
+        out += [(f"prefix_k_{l}", f, (H, Dh, P)), (f"ring_k_{l}", f, (H, Dh, R)), (f"value_{l}", f, (H, P + R, Dh))]
     return out
 
 
-def graph_outputs(cfg: GatoConfig, graph: str) -> list[tuple[str, str, tuple]]:
+def graph_outputs(cfg: GatoConfig, graph: str, precision: str = "fp32") -> list[tuple[str, str, tuple]]:
+    f = float_type(precision)
     kv = (cfg.n_layers, cfg.n_heads, "T", cfg.head_dim)
     rows = "T"  # min(T, action_size): the last tokens' action logits
-    return [("logits", "float32", (rows, cfg.tokenizer.num_bins)), ("new_k", "float32", kv), ("new_v", "float32", kv)]
+    return [("logits", f, (rows, cfg.tokenizer.num_bins)), ("new_k", f, kv), ("new_v", f, kv)]
 
 
 def sha256(path: Path) -> str:
@@ -112,6 +123,10 @@ class Bundle:
                 else None
             self.image_size = (hw[0] if hw[0] == hw[1] else hw) if hw else None
             graphs = meta["graphs"]
+            self.precision = str(meta.get("precision", "fp32"))
+            self.float_dtype = np.dtype(float_type(self.precision))  # the graphs' float inputs/outputs
+        except BundleError as e:
+            raise BundleError(f"{cfg_file}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{cfg_file}: invalid or incomplete ({type(e).__name__}: {e})") from None
         A = self.config.spec.action_size

@@ -51,7 +51,8 @@ PROVIDER_ORDER = {
 }
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # sessions whose cache can live on the GPU
 NEG_INF = np.float32(-np.inf)
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(bool)": "bool"}
 
 
 def _libm():
@@ -175,25 +176,27 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
-def _check_graph(sess: ort.InferenceSession, path: Path, cfg, graph: str) -> None:
-    """Raise BundleError naming `path` when the graph's inputs/outputs disagree with gato.json's config."""
+def _check_graph(sess: ort.InferenceSession, path: Path, cfg, graph: str, precision: str = "fp32") -> None:
+    """Raise BundleError naming `path` when the graph's inputs/outputs disagree with gato.json's config and
+    precision."""
     def dims(shape) -> tuple:  # any symbolic axis as "?"
         return tuple(d if isinstance(d, int) else "?" for d in shape)
 
     got = {i.name: (_ORT_TYPES.get(i.type, i.type), dims(i.shape)) for i in sess.get_inputs()}
-    for name, dtype, shape in graph_inputs(cfg, graph):
+    for name, dtype, shape in graph_inputs(cfg, graph, precision):
         if name not in got:
             raise BundleError(f"{path}: graph has no input {name!r} that gato.json's model config implies "
                               f"(graph inputs: {sorted(got)})")
         if got[name] != (dtype, dims(shape)):
             raise BundleError(f"{path}: input {name!r} is {got[name][0]} {got[name][1]}, gato.json's model config "
                               f"implies {dtype} {tuple(shape)}")
-    outs = {o.name: dims(o.shape) for o in sess.get_outputs()}
-    for name, _, shape in graph_outputs(cfg, graph):
+    outs = {o.name: (_ORT_TYPES.get(o.type, o.type), dims(o.shape)) for o in sess.get_outputs()}
+    for name, dtype, shape in graph_outputs(cfg, graph, precision):
         if name not in outs:
             raise BundleError(f"{path}: graph has no output {name!r}")
-        if name == "logits" and outs[name] != dims(shape):
-            raise BundleError(f"{path}: output 'logits' is {outs[name]}, gato.json implies {tuple(shape)}")
+        if outs[name][0] != dtype or (name == "logits" and outs[name][1] != dims(shape)):
+            raise BundleError(f"{path}: output {name!r} is {outs[name][0]} {outs[name][1]}, gato.json implies "
+                              f"{dtype} {tuple(shape)}")
 
 
 class RuntimePolicy:
@@ -225,7 +228,7 @@ class RuntimePolicy:
             except Exception as e:  # onnxruntime raises several types for unreadable graphs
                 raise BundleError(f"{f}: cannot be loaded by ONNX Runtime ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300]}); re-export the bundle") from None
-            _check_graph(sess, f, cfg, g)
+            _check_graph(sess, f, cfg, g, bundle.precision)
             self.sessions[g] = sess
         self.provider = self.sessions["prefill"].get_providers()[0]
         if execution_provider not in ("auto", "cpu") and self.provider != providers[0]:
@@ -245,9 +248,10 @@ class RuntimePolicy:
         # Keys are stored transposed (Dh, slots) so scores need no transpose; values of prefix and ring share one
         # buffer (prefix slots first).
         xp = self._xp
-        self.prefix_k = xp.zeros((L, H, Dh, P), np.float32)
-        self.ring_k = xp.zeros((L, H, Dh, R), np.float32)
-        self.values = xp.zeros((L, H, C, Dh), np.float32)
+        ft = self._ft = bundle.float_dtype  # of every float the graphs take or give: float16 in an fp16 bundle
+        self.prefix_k = xp.zeros((L, H, Dh, P), ft)
+        self.ring_k = xp.zeros((L, H, Dh, R), ft)
+        self.values = xp.zeros((L, H, C, Dh), ft)
         self._prefix_mask = np.full(P, NEG_INF, np.float32)  # (P,) 0 where a prefix slot holds a token
         self._prefix_epoch = 0  # counts prefix encodings: a call set rewrites its prefix mask columns when it changed
         self._ring_step = np.full(R, -1, np.int64)  # (R,) timestep held by each ring slot, -1 = empty
@@ -257,8 +261,8 @@ class RuntimePolicy:
         self._lead_vis = np.full(R, NEG_INF, np.float32)
         # The tick's rotary rows (row 0: previous tick's last action; row 1 + offset: this step), rewritten in place
         # each tick; every call set binds its (contiguous) rows of them once.
-        self._cos = np.zeros((1 + S, cfg.head_dim), np.float32)
-        self._sin = np.zeros((1 + S, cfg.head_dim), np.float32)
+        self._cos = np.zeros((1 + S, cfg.head_dim), ft)
+        self._sin = np.zeros((1 + S, cfg.head_dim), ft)
         self._a_last = S - 1  # offset of the last action token in a timestep
         self._P, self._K, self._S, self._obs_len, self._A = P, cfg.window_steps, S, obs, cfg.spec.action_size
         self._bin_offset = int(self.tok.bin_offset)
@@ -267,7 +271,7 @@ class RuntimePolicy:
         # use; a tick uses a handful of shapes), so a call only rewrites a few small arrays in place.
         self._sets: dict[tuple, _CallSet] = {}
         # Instruction features of the instruction-conditioned patch embedding (bound once; rewritten in place).
-        self._text_feat = np.zeros(cfg.instruction_features, np.float32)
+        self._text_feat = np.zeros(cfg.instruction_features, ft)
         self.instruction = ""
         self._prompt: TimestepTokens | None = None
         self.trace: list[np.ndarray] | None = None  # when a list, every sampled action's logits are appended
@@ -284,9 +288,10 @@ class RuntimePolicy:
             self._bind_kv(b, f"value_{l}", self.values[l])
 
     def _bind_kv(self, b: ort.IOBinding, name: str, arr, output: bool = False) -> None:
-        """Bind a float32 cache-side array (numpy, or CuPy on the GPU, by its device address): ONNX Runtime reads
-        or writes that memory in place, so the array must never be reallocated (only written into)."""
-        assert arr.dtype == np.float32 and arr.flags.c_contiguous, name
+        """Bind a cache-side array of the graphs' float type (numpy, or CuPy on the GPU, by its device address):
+        ONNX Runtime reads or writes that memory in place, so the array must never be reallocated (only written
+        into)."""
+        assert arr.dtype == self._ft and arr.flags.c_contiguous, name
         if self._xp is np:  # host memory: numpy's own bindings (raw-pointer binding was suspected of ROS test flakes)
             if output:
                 b.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
@@ -294,7 +299,7 @@ class RuntimePolicy:
                 b.bind_cpu_input(name, arr)
             return
         bind = b.bind_output if output else b.bind_input
-        bind(name, "cuda", arr.device.id, np.float32, list(arr.shape), arr.data.ptr)
+        bind(name, "cuda", arr.device.id, self._ft.type, list(arr.shape), arr.data.ptr)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -496,9 +501,9 @@ class RuntimePolicy:
 
     def _sample(self, logits: np.ndarray) -> int:
         """Greedy by default; with a temperature, a draw from softmax(logits / temperature)."""
-        z = logits.reshape(-1)
+        z = logits.reshape(-1).astype(np.float64)  # fp16 logits too: softmax in double
         if self.trace is not None:
-            self.trace.append(z.copy())
+            self.trace.append(z.astype(np.float32))
         if self.temperature == 0.0:
             return int(np.argmax(z)) + self.tok.bin_offset
         z = (z - z.max()) / self.temperature
@@ -526,6 +531,8 @@ class RuntimePolicy:
         mask = np.full((n, self._C + n), NEG_INF, np.float32)  # nothing cached yet: causal among the prefix
         mask[:, self._C:] = np.triu(np.full((n, n), NEG_INF, np.float32), 1)
         feeds["mask"] = mask
+        for k in ("patches", "rope_cos", "rope_sin", "mask"):
+            feeds[k] = np.ascontiguousarray(feeds[k], self._ft)
         b = self.sessions["prefill"].io_binding()
         for k, arr in feeds.items():
             b.bind_cpu_input(k, arr)
@@ -601,13 +608,15 @@ class _CallSet:
         is_image = ctx.is_image[offsets] & (rel_steps == 0)  # this step's patches (a lead action is no image)
         self.image_rows = np.flatnonzero(is_image)
         L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
-        mask = np.full((T, C + T), NEG_INF, np.float32)
-        mask[:, C:] = np.triu(np.full((T, T), NEG_INF, np.float32), 1)
+        ft = policy._ft
+        mask = np.full((T, C + T), NEG_INF, ft)
+        mask[:, C:] = np.triu(np.full((T, T), NEG_INF, ft), 1)
         self.graph = "decode" if offsets.min() >= ctx.obs_len else "prefill"  # action tokens only: no image branch
         io = {"tokens": np.zeros(T, np.int64)}
         if self.graph == "prefill":
             patches = np.zeros((len(self.image_rows), cfg.patch_dim), np.float32)  # written each tick (`act`)
             io.update(ctx.embed_inputs(patches, is_image, ctx.eval_row_bin[offsets], ctx.eval_col_bin[offsets]))
+            io["patches"] = io["patches"].astype(ft)
             io.update({"local_pos": ctx.local_pos[offsets].copy(), "prefix_pos": np.full(T, ctx.prefix_pad, np.int64)})
             if cfg.instruction_features:
                 io["text_feat"] = policy._text_feat  # the policy's array: set_instruction rewrites it in place
@@ -620,11 +629,11 @@ class _CallSet:
             b.bind_cpu_input(k, arr)
         policy._bind_cache(b)
         rows = min(T, cfg.spec.action_size)
-        self.logits = np.zeros((rows, cfg.tokenizer.num_bins), np.float32)  # read on the host
+        self.logits = np.zeros((rows, cfg.tokenizer.num_bins), ft)  # read on the host
         b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
         # The new tokens' keys/values stay where the cache lives (copied into it by `_write`).
-        self.new_k = policy._xp.zeros((L, H, T, Dh), np.float32)
-        self.new_v = policy._xp.zeros((L, H, T, Dh), np.float32)
+        self.new_k = policy._xp.zeros((L, H, T, Dh), ft)
+        self.new_v = policy._xp.zeros((L, H, T, Dh), ft)
         policy._bind_kv(b, "new_k", self.new_k, output=True)
         policy._bind_kv(b, "new_v", self.new_v, output=True)
         self.binding = b

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU rows of BENCHMARKS.md (issue 9): ONNX Runtime's CUDA provider, for the shipped bundle and a random gato-79m,
-# with the KV cache in GPU memory (CuPy) and in host memory (copied to the GPU on every call).
+# with the KV cache in GPU memory (CuPy) and in host memory (copied to the GPU on every call); then their fp16
+# variants (`gato-ros export --precision fp16`: weights, activations and cache in half precision), and with
+# EVAL=1 the fp16 bundle's closed-loop success on the GPU (parity with fp32: within 5 points).
 #
 #   scripts/bench_gpu.sh              # needs onnxruntime-gpu (CUDA provider), CuPy, and torch for the 79m export
 #
@@ -12,6 +14,8 @@ PY=${PY:-python3}
 OUT_DIR=${OUT_DIR:-runs/bench_gpu}
 TICKS=${TICKS:-300}
 BIG=${BIG:-/tmp/gato-79m-random}
+SMALL16=${SMALL16:-/tmp/gato_arm_small_fp16}
+BIG16=${BIG16:-/tmp/gato-79m-random-fp16}
 mkdir -p "$OUT_DIR"
 
 $PY - <<'EOF'
@@ -59,3 +63,20 @@ bench 79m_cuda_kvgpu --model "$BIG" --execution-provider cuda --kv-device cuda
 bench 79m_cuda_kvhost --model "$BIG" --execution-provider cuda --kv-device cpu
 bench 79m_cuda_kvgpu_seq --model "$BIG" --execution-provider cuda --kv-device cuda --sequential
 bench 79m_cuda_kvgpu_h1 --model "$BIG" --execution-provider cuda --kv-device cuda --history-steps 1
+
+# fp16 variants: the shipped bundle's weights converted, and gato-79m with random weights
+if [ ! -f "$SMALL16/gato.json" ]; then
+  $PY -m gato_ros.cli export --checkpoint models/gato_arm_small/model.pt --out "$SMALL16" --precision fp16
+fi
+if [ ! -f "$BIG16/gato.json" ]; then
+  $PY -c "import sys; from pathlib import Path; from gato_ros.bench import export_random; \
+export_random('gato-79m', Path(sys.argv[1]), precision='fp16')" "$BIG16"
+fi
+bench small_fp16_cuda_kvgpu --model "$SMALL16" --execution-provider cuda --kv-device cuda
+bench 79m_fp16_cuda_kvgpu --model "$BIG16" --execution-provider cuda --kv-device cuda
+bench 79m_fp16_tensorrt_kvgpu --model "$BIG16" --execution-provider tensorrt --kv-device cuda
+if [ "${EVAL:-0}" = 1 ]; then  # closed loop in the sim, on whatever provider `auto` picks (the GPU here)
+  $PY -m gato_ros.cli eval --policy "$SMALL16" --episodes 100 --json > "$OUT_DIR/eval_small_fp16.json"
+  $PY -m gato_ros.cli eval --policy models/gato_arm_small --episodes 100 --json > "$OUT_DIR/eval_small_fp32.json"
+  tail -c 400 "$OUT_DIR"/eval_small_fp*.json
+fi

@@ -34,11 +34,14 @@ def test_bench_config_json_contract(tmp_path):
     assert r["cached_tokens"] > preset("gato-tiny").ring_slots // 2  # the context holds a full window of history
     assert r["bound_ms"] > 0 and r["bound_fraction"] > 0 and r["machine"]["mem_bw_gbs"] > 0
     assert r["machine"]["cpu"] and len(r["machine"]["load_avg_start"]) == 3  # where and under what load
-    # Tick versus context length: each timed tick sees exactly one cached timestep (plus the instruction).
+    # Tick versus context length: each timed tick sees exactly one cached timestep (plus the instruction); and the
+    # fp16 variant's graphs, cache and bound (2-byte weights).
     short = json.loads(subprocess.run([gato, "bench", "--config", "gato-tiny", "--ticks", "5", "--threads", "1",
-                                       "--history-steps", "1", "--no-peers", "--json"], check=True,
-                                      capture_output=True, text=True, timeout=600).stdout.strip().splitlines()[-1])
-    assert short["history_steps"] == 1 and "peers" not in short
+                                       "--history-steps", "1", "--no-peers", "--precision", "fp16", "--json"],
+                                      check=True, capture_output=True, text=True,
+                                      timeout=600).stdout.strip().splitlines()[-1])
+    assert short["history_steps"] == 1 and "peers" not in short and short["precision"] == "fp16"
+    assert abs(short["machine"]["weight_mb"] - model_costs(preset("gato-tiny"))["weight_bytes"] / 2e6) < 0.006
     assert 38 - 1 < short["cached_tokens"] <= preset("gato-tiny").prefix_slots + 38 - 1  # its last action pends
 
 
@@ -46,6 +49,8 @@ def test_model_costs_scale_with_size():
     small, big = model_costs(preset("gato-small")), model_costs(preset("gato-79m"))
     assert 12e6 < small["weight_bytes"] < 15e6  # 3.4M matmul weights, fp32
     assert big["weight_bytes"] > 15 * small["weight_bytes"]
+    for precision, size in (("fp16", 2), ("int8", 1)):  # bytes per weight
+        assert model_costs(preset("gato-small"), precision)["weight_bytes"] == small["weight_bytes"] * size / 4
 
 
 def test_bench_ros_times_the_policy_node_tick():

@@ -304,18 +304,54 @@ def test_config_graph_mismatch_fails_at_load(bundle, tmp_path):
         Bundle.load(b)
 
 
+def _variant(precision: str, out, agreement: float, logit_diff: float) -> RuntimePolicy:
+    """Export the test checkpoint at `precision` to `out` and check the export's record of it: the fp32 graphs
+    were checked first, the variant's greedy tokens agree with torch's at least `agreement` of the time."""
+    ckpt, _ = _checkpoint()
+    meta = export_checkpoint(ckpt, out, precision=precision)
+    assert meta["precision"] == precision
+    q = meta["export_check"][precision]
+    assert q["token_agreement"] >= agreement and q["max_abs_logit_diff"] < logit_diff
+    assert meta["export_check"]["rollout"]["max_abs_logit_diff"] <= 1e-4  # the fp32 check still ran
+    return RuntimePolicy.load(out, execution_provider="cpu")
+
+
 def test_int8_bundle_close_to_fp32(bundle, tmp_path):
     """The int8 variant: fp32 graphs checked first, then int8 weights; greedy actions nearly all agree."""
-    _, model, _ = bundle
-    ckpt, _ = _checkpoint()
-    meta = export_checkpoint(ckpt, tmp_path / "q", precision="int8")
-    assert meta["precision"] == "int8"
-    q = meta["export_check"]["int8"]
-    assert q["token_agreement"] >= 0.9 and q["max_abs_logit_diff"] < 1.0
-    assert meta["export_check"]["rollout"]["max_abs_logit_diff"] <= 1e-4  # the fp32 check still ran
-    policy = RuntimePolicy.load(tmp_path / "q", execution_provider="cpu")
-    obs = {k: v[0] for k, v in random_episode(model.cfg, 1, 0).items()}
+    policy = _variant("int8", tmp_path / "q", 0.9, 1.0)
+    obs = {k: v[0] for k, v in random_episode(bundle[1].cfg, 1, 0).items()}
     assert policy.act(obs).shape == (7,)
+
+
+def test_fp16_bundle_keeps_cache_and_calls_in_half_precision_and_stays_close(bundle, tmp_path):
+    """The fp16 variant (for GPUs): fp32 graphs checked first, then half precision throughout, the graphs' float
+    inputs and outputs and the runtime's KV cache included; greedy actions nearly all agree with torch. A bundle
+    whose gato.json states another precision than its graphs have fails at load, naming the input."""
+    _, model, _ = bundle
+    policy = _variant("fp16", tmp_path / "h", 0.95, 0.5)
+    types = {i.name: i.type for s in policy.sessions.values() for i in [*s.get_inputs(), *s.get_outputs()]}
+    assert types["ring_k_0"] == types["mask"] == types["patches"] == types["new_k"] == "tensor(float16)"
+    assert policy.ring_k.dtype == policy.values.dtype == policy.prefix_k.dtype == np.float16
+    obs = random_episode(model.cfg, 12, 0)
+    ref = RuntimePolicy.load(bundle[0], execution_provider="cpu")
+    got, want = [], []
+    for p, out in ((policy, got), (ref, want)):
+        p.set_instruction("reach the red cube")
+        for t in range(12):  # through the 3-step window four times
+            out.append(p.act({k: v[t] for k, v in obs.items()}))
+    got, want = np.stack(got), np.stack(want)
+    assert np.all(np.isfinite(got)) and np.all(np.abs(got - want) <= 0.02)  # mu-law bins of a 0.05 rad delta range
+    assert np.mean(np.abs(got - want) < 1e-9) >= 0.8  # mostly the very same bins
+    b = _copy(tmp_path / "h", tmp_path / "c")
+    m = json.loads((b / "gato.json").read_text())
+    m["precision"] = "fp32"
+    (b / "gato.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"input 'patches' is float16 .* implies float32"):
+        RuntimePolicy.load(b)
+    m["precision"] = "bf16"
+    (b / "gato.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="gato.json: unknown precision 'bf16'"):
+        Bundle.load(b)
 
 
 def test_instruction_conditioned_bundle_matches_torch_and_reads_the_instruction(tmp_path):

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the KV cache lives: auto = GPU memory when the model runs on a GPU and CuPy is "
                              "installed, else host memory (copied to the GPU on every call)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
                         help="with --config: weights of the exported random model (default %(default)s)")
     parser.add_argument("--data", action="append", metavar="DIR",
                         help="replay the observations of these episode datasets (realistic inputs; default: random)")

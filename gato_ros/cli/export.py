@@ -28,9 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name recorded in gato.json (default: the directory name)")
     parser.add_argument("--rollout-steps", type=int, help="timesteps of the cached-decoding check "
                         "(default: 2 x window + 2, i.e. the ring buffer wraps twice)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                        help="graph weights: fp32 (checked to 1e-4 against torch) or int8 (faster on CPU; the fp32 "
-                        "graphs are checked first, the int8 deviation is recorded)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
+                        help="graph weights: fp32 (checked to 1e-4 against torch), int8 (faster on CPU) or fp16 "
+                        "(for GPUs: weights, activations and KV cache in half precision; runs on the CPU too, "
+                        "slowly); for int8 and fp16 the fp32 graphs are checked first and the variant's deviation "
+                        "is recorded")
     parser.add_argument("--json", action="store_true", help="print the export check as JSON")
 
 
@@ -96,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     ckpt = load_checkpoint(args.checkpoint)
     stages = ["export prefill", "export decode", "check graphs", "check cached rollout"]
-    if args.precision == "int8":
-        stages.append("quantise int8")
+    if args.precision != "fp32":
+        stages.append(f"convert {args.precision}")
     with tqdm(total=len(stages), desc="export", disable=args.json) as bar:
         def progress(msg: str) -> None:
             bar.set_postfix_str(msg)
@@ -116,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
         r = check["rollout"]
         print(f"wrote {args.out}: ONNX vs torch max |logit diff| {r['max_abs_logit_diff']:.2e} over {r['steps']} "
               f"cached steps (tolerance {check['tolerance']} x max(1, max |logit| = {r['max_abs_logit']:.3g}))")
-        if "int8" in check:
-            q = check["int8"]
-            print(f"  int8 graphs: max |logit diff| {q['max_abs_logit_diff']:.3g}, greedy-token agreement with torch "
-                  f"{q['token_agreement']:.1%}; check closed-loop parity with `gato-ros eval`")
+        for variant in ("int8", "fp16"):
+            if variant in check:
+                q = check[variant]
+                print(f"  {variant} graphs: max |logit diff| {q['max_abs_logit_diff']:.3g}, greedy-token agreement "
+                      f"with torch {q['token_agreement']:.1%}; check closed-loop parity with `gato-ros eval`")
     return 0

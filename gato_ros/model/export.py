@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gato_ros.bundle import CONFIG_FILE, GRAPHS, Bundle, bundle_meta, graph_inputs, sha256, write_meta
+from gato_ros.bundle import CONFIG_FILE, GRAPHS, PRECISIONS, Bundle, bundle_meta, graph_inputs, sha256, write_meta
 from gato_ros.model.config import GatoConfig
 from gato_ros.model.model import GatoModel
 from gato_ros.sequence import ActionNormalizer, ContextBuilder, rope_full
@@ -215,9 +215,11 @@ def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = 
 
     precision "int8": the fp32 graphs are exported and checked as usual, then replaced by int8-weight copies
     (`gato_ros.model.quantize`); their deviation from torch (max logit difference, greedy-token agreement on the
-    cached rollout) is recorded under export_check.int8 -- closed-loop parity is for `gato-ros eval` to show."""
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision={precision!r}: choose 'fp32' or 'int8'")
+    cached rollout) is recorded under export_check.int8 -- closed-loop parity is for `gato-ros eval` to show.
+    precision "fp16": likewise, half-precision copies (`gato_ros.model.quantize.convert_fp16`; float inputs and
+    outputs, the KV cache included, become float16), their deviation under export_check.fp16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
     cfg = GatoConfig.from_dict(ckpt["config"])
     model = GatoModel(cfg)
     model.load_state_dict(ckpt["model"])
@@ -268,23 +270,23 @@ def export_checkpoint(ckpt: dict[str, Any], out: str | Path, name: str | None = 
                                        f"max |logit| = {roll['max_abs_logit']:.3g}))")
         meta["export_check"] = {"tolerance": TOLERANCE, "random_inputs": report, "rollout": roll}
         meta["precision"] = precision
-        if precision == "int8":
-            from gato_ros.model.quantize import quantize_int8
+        if precision != "fp32":
+            from gato_ros.model.quantize import convert_fp16, quantize_int8
 
             if progress:
-                progress("quantise int8")
+                progress(f"convert {precision}")
             for g in GRAPHS:
                 fp32 = tmp / f"{g}.fp32.onnx"
                 files[g].rename(fp32)
-                quantize_int8(fp32, files[g])
+                (quantize_int8 if precision == "int8" else convert_fp16)(fp32, files[g])
                 fp32.unlink()
                 meta["graphs"][g]["sha256"] = sha256(files[g])
             write_meta(tmp, meta)
             if steps > 0:
                 q = check_rollout(model, tmp, steps, agreement=True)
                 if not np.isfinite(q["max_abs_logit_diff"]):
-                    raise ExportCheckError("int8 graphs produce non-finite logits")
-                meta["export_check"]["int8"] = q
+                    raise ExportCheckError(f"{precision} graphs produce non-finite logits")
+                meta["export_check"][precision] = q
         write_meta(tmp, meta)
         # the training-only goal head too (33k weights, no graph uses it): a fine-tune (`train --init` the bundle,
         # --goal-weight) then continues the auxiliary loss from the trained head instead of a fresh one
@@ -340,6 +342,11 @@ def upgrade_bundle(bundle_dir: str | Path, progress=None) -> dict[str, Any]:
 def model_card(meta: dict[str, Any]) -> str:
     m, p = meta["model"], meta["provenance"]
     chk = meta.get("export_check", {}).get("rollout") or {}
+    precision = meta.get("precision", "fp32")
+    var = meta.get("export_check", {}).get(precision) or {}
+    if var:
+        precision += (f" (graphs' greedy-token agreement with torch {var['token_agreement']:.1%} over the export "
+                      f"rollout; max |logit diff| {var['max_abs_logit_diff']:.3g})")
     return f"""# {meta['name']}
 
 Gato-style decoder-only transformer (preset `{m['name']}`: {m['n_layers']} layers, width {m['d_model']},
@@ -353,6 +360,7 @@ Gato-style decoder-only transformer (preset `{m['name']}`: {m['n_layers']} layer
 - Trained: step {p.get('step')}, validation loss {p.get('val_loss')}, git {p.get('git_commit')}
 - Data: {', '.join(map(str, p.get('data') or [])) or 'in-memory'}
 - Export check: ONNX Runtime vs torch max |logit diff| {chk.get('max_abs_logit_diff')} over {chk.get('steps')} steps
+- Precision: {precision}
 - Evaluation: see `eval` in `{CONFIG_FILE}`
 
 Run: `gato_ros.runtime.RuntimePolicy.load("<this dir>")`, or `ros2 launch gato_ros arm.launch.py model:=<this dir>`.

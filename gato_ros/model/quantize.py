@@ -1,4 +1,4 @@
-"""int8 weight quantisation of exported graphs (ONNX Runtime dynamic quantisation, CPU).
+"""Precision variants of exported graphs: int8 weights (ONNX Runtime dynamic quantisation, CPU) and fp16 (GPU).
 
 Why: a decode call multiplies one token by every weight matrix, so it is bound by streaming the weights from
 memory (13.6 MB fp32 for gato-small, 226 MB for gato-79m); a prefill of 32 tokens is bound by matmul throughput.
@@ -81,3 +81,25 @@ def quantize_int8(src: Path, dst: Path) -> int:
         finally:
             logging.disable(logging.NOTSET)
     return n
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """Write a half-precision copy of graph `src` to `dst`: weights, activations and every float input and output,
+    the KV cache included (`gato_ros.bundle`: an fp16 bundle's interface), by ONNX Runtime's converter
+    (`onnxruntime.transformers.float16`).
+
+    For GPUs, where fp16 halves the bytes each call streams (weights and cache) and runs on tensor cores. On the CPU
+    provider it runs, slower than fp32 (ONNX Runtime 1.31 wraps most fp16 kernels in casts to fp32), which is enough
+    to check an fp16 bundle's closed-loop success in the sim on any machine. Layer norms and softmaxes take fp16
+    in and out; ONNX Runtime's kernels accumulate them in fp32. The attention mask's -inf is exact in fp16."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    logging.disable(logging.WARNING)  # the converter's notes on values it clamps into fp16's range
+    try:
+        model = convert_float_to_float16(model, keep_io_types=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))

@@ -143,7 +143,7 @@ class PolicyNode(Node):
             self._timer = self.create_timer(self.period_s, self._tick, callback_group=inference)
         self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=sensors)
         self.get_logger().info(
-            f"model {self.model_path} on {self.provider}; {len(self.joint_names)} joints; "
+            f"model {self.model_path} ({self.precision}) on {self.provider}; {len(self.joint_names)} joints; "
             f"{cfg.control_rate_hz:g} Hz -> {cfg.resolved_command_topic} ({cfg.command_interface}); "
             f"{'enabled' if self.safety.enabled else 'DISABLED until ~/enable'}"
         )
@@ -170,6 +170,7 @@ class PolicyNode(Node):
         shape = getattr(getattr(getattr(policy, "cfg", None), "spec", None), "image_shape", None)
         self.image_channels = int(shape[2]) if shape is not None else 3  # 1: a mono8 bundle
         self.provider = str(getattr(policy, "provider", "unknown"))
+        self.precision = str(getattr(getattr(policy, "bundle", None), "precision", "fp32"))  # of the bundle's graphs
         limits = np.asarray(policy.joint_limits, dtype=np.float64)
         step = np.array(
             [cfg.max_gripper_step_m if b in cfg.prismatic_joints else cfg.max_joint_step_rad for b in bundle_names]
@@ -500,6 +501,7 @@ class PolicyNode(Node):
             "image_to_command_ms_p50": percentile_ms(e2e, 50),
             "image_to_command_ms_p99": percentile_ms(e2e, 99),
             "provider": self.provider,
+            "precision": self.precision,
             "deadline_misses": self.deadline_misses,
             "ticks": self.ticks,
             "commands": self.commands,
