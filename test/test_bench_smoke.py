@@ -33,6 +33,8 @@ def test_bench_config_json_contract(tmp_path):
     assert 0 <= b["decode_calls_per_tick"] <= 6 and b["prefill"] > 0 and b["tokenize"] > 0
     assert r["cached_tokens"] > preset("gato-tiny").ring_slots // 2  # the context holds a full window of history
     assert r["bound_ms"] > 0 and r["bound_fraction"] > 0 and r["machine"]["mem_bw_gbs"] > 0
+    samples = r["machine"]["mem_bw_samples_gbs"]  # before and after the timed ticks; the bound takes the best
+    assert len(samples) == 2 and r["machine"]["mem_bw_gbs"] == max(samples)
     assert r["machine"]["cpu"] and len(r["machine"]["load_avg_start"]) == 3  # where and under what load
     # Tick versus context length: each timed tick sees exactly one cached timestep (plus the instruction); and the
     # fp16 variant's graphs, cache and bound (2-byte weights).
