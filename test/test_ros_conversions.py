@@ -66,6 +66,40 @@ def test_resize_preserves_mean_and_upscales():
     assert resize_rgb(img, 48, 80) is img
 
 
+def _area_reference(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Exact area averaging in float64 (each output pixel: the mean of the input area it covers, fractional
+    overlaps weighted), from first principles: the integral of the image over the pixel's footprint."""
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        edges = np.arange(n_out + 1) * n_in / n_out
+        w = np.zeros((n_out, n_in))
+        for j in range(n_out):
+            for i in range(n_in):
+                w[j, i] = max(0.0, min(edges[j + 1], i + 1) - max(edges[j], i))
+        return w / w.sum(1, keepdims=True)
+    rows = np.tensordot(weights(img.shape[0], height), img.astype(np.float64), axes=(1, 0))  # (height, W, C)
+    return np.einsum("wj,hjc->hwc", weights(img.shape[1], width), rows)
+
+
+@pytest.mark.parametrize("shape, size", [((480, 640, 3), (64, 64)), ((480, 640, 4), (64, 64)),
+                                         ((480, 640, 1), (64, 64)), ((720, 1280, 3), (64, 64)),
+                                         ((480, 640, 3), (96, 128)), ((100, 90, 3), (64, 64)),
+                                         ((77, 131, 3), (13, 29))])
+def test_shrinking_is_exact_area_averaging(shape, size):
+    """The numpy path's block products (camera sizes: 640x480 rows first, 1280x720 columns first) and gathers
+    (sizes with no short period) both give area averages to within rounding, also from a padded (strided) frame."""
+    from gato_ros.ros import conversions
+
+    if conversions.image_backend() != "numpy":
+        pytest.skip("cv_bridge resizes in this process")
+    padded = RNG.integers(0, 256, (shape[0], shape[1] * shape[2] + 8), dtype=np.uint8)
+    img = padded[:, :shape[1] * shape[2]].reshape(shape)  # rows with padding after them, as `step` allows
+    out = resize_rgb(img, *size)
+    assert out.shape == size + (shape[2],) and out.dtype == np.uint8
+    assert np.max(np.abs(out - _area_reference(img, *size))) <= 0.5 + 1e-3
+    if shape[:2] in ((480, 640), (720, 1280)):  # these take the block products (else this test covers the gathers)
+        assert conversions._block(shape, size[0], 0) is not None or conversions._block(shape, size[1], 1) is not None
+
+
 @pytest.mark.parametrize(
     "mutate, match",
     [

@@ -15,6 +15,7 @@ fingers, a second arm) do not matter.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -96,7 +97,9 @@ def _resize_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
     Area averaging when shrinking (each output pixel averages the input pixels it covers, fractional overlaps
     weighted, as OpenCV's INTER_AREA), centre-aligned bilinear when enlarging. K is small (scale + 2 at most),
-    so resampling is a handful of vectorised gathers: no BLAS call, whose thread pool stalls on a busy machine.
+    so resampling is a handful of vectorised gathers, with no BLAS call (a dense product over the whole frame would
+    be large enough for OpenBLAS's thread pool, which stalls on a busy machine). Shrinks by a ratio with a short
+    period use `_block_weights` instead.
     """
     dense = np.zeros((n_out, n_in), dtype=np.float64)
     scale = n_in / n_out
@@ -135,6 +138,57 @@ def _resample_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     return out
 
 
+# OpenBLAS runs a product on one thread below this many multiply-adds (M*N*K): a BLAS thread pool stalls on a busy
+# 2-core machine, so the block path keeps each product under it and falls back to the gathers above otherwise.
+_BLAS_ONE_THREAD = 4 * 65536
+
+
+@lru_cache(maxsize=32)
+def _block_weights(n_in: int, n_out: int, channels: int, axis: int) -> np.ndarray | None:
+    """Area weights of a shrink by the ratio p/q (lowest terms, q <= 8), or None for other resamplings.
+
+    Every block of p input pixels makes q output pixels with the same (q, p) weights, so a shrink is one batched
+    matrix product over the blocks: no gathers, one pass over the input (640x480 -> 64x64: 0.2 ms against 1.15 ms
+    for the gathers, 2026-12-01 AMD EPYC VM). axis 0 gives the (q, p) weights, for products over blocks of rows;
+    axis 1 gives kron(weights.T, I_channels) (p*C, q*C), for products over blocks of pixels within a row."""
+    g = math.gcd(n_in, n_out)
+    p, q = n_in // g, n_out // g
+    if n_out >= n_in or q > 8:
+        return None
+    idx, w = _resize_taps(n_in, n_out)
+    block = np.zeros((q, p), np.float32)
+    for o in range(q):  # output o of every block takes the inputs at the same offsets as in block 0
+        np.add.at(block[o], idx[o], w[o])
+    return block if axis == 0 else np.kron(block.T, np.eye(channels, dtype=np.float32))
+
+
+def _block(shape: tuple[int, int, int], n_out: int, axis: int) -> np.ndarray | None:
+    """`_block_weights` for resampling an (H, W, C) array to n_out along `axis`, if each of the batched products
+    stays on one BLAS thread (`_BLAS_ONE_THREAD` multiply-adds), else None."""
+    H, W, C = shape
+    block = _block_weights(shape[axis], n_out, C, axis)
+    if block is None:
+        return None
+    # axis 0: (H/p batches) x (q, p) @ (p, W*C); axis 1: (H batches) x (W/p, p*C) @ (p*C, q*C)
+    mnk = block.size * W * C if axis == 0 else W * C * block.shape[1]
+    return block if mnk <= _BLAS_ONE_THREAD else None
+
+
+def _shrink(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """float32 result of resampling (H, W, C) `x` to n_out along `axis` (0 or 1): batched block products where they
+    apply (`_block`), else the gathers."""
+    H, W, C = x.shape
+    block = _block(x.shape, n_out, axis)
+    if block is None:
+        return _resample_axis(x, n_out, axis)
+    x = x.astype(np.float32, copy=False)
+    if axis == 0:
+        p = block.shape[1]
+        return np.matmul(block, x.reshape(H // p, p, W * C)).reshape(n_out, W, C)
+    p = block.shape[0] // C
+    return np.matmul(x.reshape(H, W // p, p * C), block).reshape(H, n_out, C)
+
+
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 (H, W, C) -> uint8 (height, width, C); identity (no copy) when the size already matches."""
     if image.ndim != 3:
@@ -147,8 +201,14 @@ def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
         interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
         return cv2.resize(image, (width, height), interpolation=interp)
-    rows = _resample_axis(image, height, axis=0) if height != h else image  # (height, W, C)
-    out = _resample_axis(rows, width, axis=1) if width != w else rows  # (height, width, C)
+    # Rows first (the pass over the whole frame is then the row pass), unless only the columns can take the block
+    # product on the whole frame: then columns first, which also shrinks the row pass's products (wide frames).
+    if height == h or _block(image.shape, height, 0) is not None or _block(image.shape, width, 1) is None:
+        out = _shrink(image, height, axis=0) if height != h else image
+        out = _shrink(out, width, axis=1) if width != w else out
+    else:
+        out = _shrink(image, width, axis=1)
+        out = _shrink(out, height, axis=0)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -156,7 +216,7 @@ def image_to_model_input(msg: Any, height: int, width: int) -> np.ndarray:
     """sensor_msgs/Image in any supported encoding and size -> uint8 (height, width, 3) RGB for the policy.
 
     The numpy path resizes the raw pixels first and reorders channels on the small result: a 640x480 bgr8 frame
-    to 64x64 costs about 1 ms on one CPU core.
+    to 64x64 costs about 0.2 ms on one CPU core (block products; 0.8-1.2 ms with the gathers alone).
     """
     pixels, _, order = _check_and_view(msg)
     if _BRIDGE is not None:
