@@ -64,9 +64,10 @@ def machine_limits(threads: int, precision: str = "fp32", bw_before: float | Non
             "matmul_gflops": round(2 * m * n * n / mm / 1e9, 1)}
 
 
-def gpu_limits() -> dict[str, Any]:
-    """The GPU's measured memory bandwidth (GB/s, 1 GiB device copy: read + write) and fp32 matmul rate (GFLOP/s,
-    4096^3 through cuBLAS), via CuPy (present whenever the runtime keeps its cache on the GPU)."""
+def gpu_limits(precision: str = "fp32") -> dict[str, Any]:
+    """The GPU's measured memory bandwidth (GB/s, 1 GiB device copy: read + write) and matmul rate (GFLOP/s, 4096^3
+    through cuBLAS, in fp16 for an fp16 bundle, else fp32), via CuPy (present whenever the runtime keeps its cache
+    on the GPU)."""
     import cupy as cp
 
     def timed(fn, reps: int) -> float:
@@ -87,6 +88,7 @@ def gpu_limits() -> dict[str, Any]:
     del src, dst
     n = 4096
     a = cp.random.default_rng(0).standard_normal((n, n), dtype=cp.float32)
+    a = a.astype(cp.float16) if precision == "fp16" else a
     mm = timed(lambda: a @ a, 10)
     return {"mem_bw_gbs": round(bw, 1), "matmul_gflops": round(2 * n**3 / mm / 1e9, 1),
             "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
@@ -369,7 +371,7 @@ def run_benchmark(bundle_dir: str | Path | None = None, config: str | None = Non
         # CuPy they are the CPU's, and `machine.limits_of` says so.
         on_gpu = policy.provider in GPU_PROVIDERS
         try:
-            lim = dict(gpu_limits(), limits_of="gpu") if on_gpu else None
+            lim = dict(gpu_limits(result["precision"]), limits_of="gpu") if on_gpu else None
         except ImportError:
             lim = None
         lim = lim or dict(machine_limits(threads, result["precision"], bw0), limits_of="cpu")
