@@ -90,8 +90,8 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
     For GPUs, where fp16 halves the bytes each call streams (weights and cache) and runs on tensor cores. On the CPU
     provider it runs, slower than fp32 (ONNX Runtime 1.31 wraps most fp16 kernels in casts to fp32), which is enough
-    to check an fp16 bundle's closed-loop success in the sim on any machine. Layer norms and softmaxes take fp16
-    in and out; ONNX Runtime's kernels accumulate them in fp32. The attention mask's -inf is exact in fp16."""
+    to check an fp16 bundle's closed-loop success in the sim on any machine. Layer norms keep their statistics in
+    fp32 (ONNX's stash_type 1, which the converted graphs carry); the attention mask's -inf is exact in fp16."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
