@@ -5,6 +5,7 @@
 # EVAL=1 the fp16 bundle's closed-loop success on the GPU (parity with fp32: within 5 points).
 #
 #   scripts/bench_gpu.sh              # needs onnxruntime-gpu (CUDA provider), CuPy, and torch for the 79m export
+#   (the lent H200's image has CuPy and torch but only the CPU onnxruntime: scripts/ort_gpu_parts.sh carries it)
 #
 # First a parity check: the same observations through the CPU provider and the CUDA provider must give the same
 # action tokens (greedy). Writes one JSON file per row to $OUT_DIR.
