@@ -38,7 +38,7 @@ case "${1:-}" in
     PYTHONPATH=/tmp/ortgpu/site python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
     ;;
   *)
-    sed -n '2,11p' "$0" >&2
+    sed -n '2,12p' "$0" >&2
     exit 2
     ;;
 esac
