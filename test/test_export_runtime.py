@@ -141,6 +141,28 @@ def test_act_is_deterministic_after_reset_and_within_limits(bundle):
     np.testing.assert_array_equal(run(fresh), b)
 
 
+def test_warm_up_runs_every_call_shape_and_leaves_the_actions_alone(bundle):
+    """After `warm_up` no tick meets a call shape it has not run (Jacobi or one call per token), and the policy
+    acts exactly as a fresh one over 30 ticks through the 3-step window."""
+    out, _, _ = bundle
+    obs = random_episode(RuntimePolicy.load(out, execution_provider="cpu").cfg, 30, seed=2)
+    acts = {}
+    for warm in (False, True):
+        for jacobi in (True, False):
+            policy = RuntimePolicy.load(out, execution_provider="cpu")
+            policy.jacobi = jacobi
+            policy.set_instruction("put the red cube in the bin")
+            if warm:
+                n = policy.warm_up()
+                shapes = set(policy._sets)
+                assert n == len(shapes) and policy.graph_calls == 0
+            acts[warm, jacobi] = np.stack([policy.act({k: v[t] for k, v in obs.items()}) for t in range(30)])
+            if warm:
+                assert set(policy._sets) == shapes  # every shape the ticks used was warmed up
+    np.testing.assert_array_equal(acts[True, True], acts[False, True])
+    np.testing.assert_array_equal(acts[True, False], acts[False, False])
+
+
 def test_two_thread_sessions_stop_spinning_between_calls_and_act_as_one_thread(bundle):
     """A tick alternates two sessions; with 2 threads each session's workers must stop spinning when its call
     returns (otherwise, on 2 cores, they take the core the other session needs). Same actions as 1 thread."""
