@@ -27,6 +27,10 @@ def test_bench_config_json_contract(tmp_path):
         assert 0 < r["tick_ms"][key] and 0 < r["peers"]["hf_transformers_kv"][key]
     assert r["tick_ms"]["p50"] <= r["tick_ms"]["p99"] and r["tick_cpu_ms"]["p50"] > 0
     assert r["peers"]["torch_recompute"]["p50"] > 0
+    from transformers import GPT2Config, GPT2LMHeadModel  # the HF peer runs HF's default attention, as users do
+
+    default = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)).config._attn_implementation
+    assert r["peers"]["hf_transformers_kv"]["attn_implementation"] == default
     assert abs(r["speedup_vs_hf"] - r["peers"]["hf_transformers_kv"]["p50"] / r["tick_ms"]["p50"]) < 0.02 * r[
         "speedup_vs_hf"] + 0.01
     b = r["breakdown_ms"]
