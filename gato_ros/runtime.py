@@ -546,10 +546,8 @@ class RuntimePolicy:
         if cfg.instruction_features:
             feeds["text_feat"] = self._text_feat
         feeds["rope_cos"], feeds["rope_sin"] = rope_full(ctx["rope_cos"][:n], ctx["rope_sin"][:n])
-        mask = np.full((n, self._C + n), NEG_INF, np.float32)  # nothing cached yet: causal among the prefix
-        mask[:, self._C:] = np.triu(np.full((n, n), NEG_INF, np.float32), 1)
-        feeds["mask"] = mask
-        for k in ("patches", "rope_cos", "rope_sin", "mask"):
+        feeds["mask"] = _call_mask(n, self._C, self._ft)  # nothing cached yet: causal among the prefix
+        for k in ("patches", "rope_cos", "rope_sin"):
             feeds[k] = np.ascontiguousarray(feeds[k], self._ft)
         b = self.sessions["prefill"].io_binding()
         for k, arr in feeds.items():
@@ -597,6 +595,14 @@ class RuntimePolicy:
         return out
 
 
+def _call_mask(T: int, C: int, dtype) -> np.ndarray:
+    """(T, C + T) additive mask of a call with T new tokens: every cache column closed (callers open the slots
+    their queries may see), causal among the new tokens."""
+    mask = np.full((T, C + T), NEG_INF, dtype)
+    mask[:, C:] = np.triu(mask[:, C:], 1)
+    return mask
+
+
 def _accepted(best: list[int], guess: list[int]) -> int:
     """How many leading guesses equal the greedy prediction made just before them (`best[i]`: the greedy token
     after input i)."""
@@ -627,8 +633,7 @@ class _CallSet:
         self.image_rows = np.flatnonzero(is_image)
         L, H, Dh = cfg.n_layers, cfg.n_heads, cfg.head_dim
         ft = policy._ft
-        mask = np.full((T, C + T), NEG_INF, ft)
-        mask[:, C:] = np.triu(np.full((T, T), NEG_INF, ft), 1)
+        mask = _call_mask(T, C, ft)
         self.graph = "decode" if offsets.min() >= ctx.obs_len else "prefill"  # action tokens only: no image branch
         io = {"tokens": np.zeros(T, np.int64)}
         if self.graph == "prefill":
