@@ -141,6 +141,41 @@ def test_act_is_deterministic_after_reset_and_within_limits(bundle):
     np.testing.assert_array_equal(run(fresh), b)
 
 
+def test_prefix_is_encoded_once_per_instruction_or_prompt(bundle):
+    """The prefix's keys/values depend on the instruction and prompt only: `reset(); set_instruction(text)` (the
+    policy node and rollouts start every episode so) encodes it once, a repeated instruction or a reset not at all,
+    a new prompt again; and every episode still acts as on a fresh policy."""
+    out, _, _ = bundle
+    policy = RuntimePolicy.load(out, execution_provider="cpu")
+    obs = random_episode(policy.cfg, 6, seed=7)
+
+    def episode(text, p=policy):
+        p.reset()
+        p.set_instruction(text)
+        return np.stack([p.act({k: v[t] for k, v in obs.items()}) for t in range(6)])
+
+    encodings = lambda: policy._prefix_epoch  # noqa: E731
+    n = encodings()
+    a = episode("reach the red cube")
+    assert encodings() == n + 1
+    b = episode("put the red cube in the bin")
+    assert encodings() == n + 2
+    np.testing.assert_array_equal(episode("put the red cube in the bin"), b)  # same text: nothing to encode
+    assert encodings() == n + 2
+    np.testing.assert_array_equal(episode("reach the red cube"), a)
+    assert encodings() == n + 3
+    fresh = RuntimePolicy.load(out, execution_provider="cpu")
+    np.testing.assert_array_equal(episode("reach the red cube", fresh), a)
+    demo = random_episode(policy.cfg, 3, seed=8)
+    policy.set_prompt(demo, demo["joint_pos"] + 0.01)
+    assert encodings() == n + 4
+    prompted = episode("reach the red cube")
+    assert encodings() == n + 4 and not np.array_equal(prompted, a)
+    policy.set_prompt(None)
+    np.testing.assert_array_equal(episode("reach the red cube"), a)
+    assert encodings() == n + 5
+
+
 def test_warm_up_runs_every_call_shape_and_leaves_the_actions_alone(bundle):
     """After `warm_up` no tick meets a call shape it has not run (Jacobi or one call per token), and the policy
     acts exactly as a fresh one over 30 ticks through the 3-step window."""
