@@ -264,6 +264,27 @@ def test_instruction_topic_change_resets_the_context(running):
     assert r.node.policy._t < t_before + 3
 
 
+def test_new_instruction_is_encoded_on_arrival_not_in_the_first_tick(running):
+    """A new instruction's prefix is encoded when it arrives, between ticks, even while the node is disabled; the
+    episode's first acting ticks keep it (no second encoding)."""
+    r = running(enable_on_start=False)
+    h = r.harness
+    h.image_msg = rgb_image(64, 64)
+    h.start_streams()
+    policy = r.node.policy
+    from std_msgs.msg import String
+
+    h.instruction_pub.publish(String(data="reach the blue cube"))
+    assert h.wait_for(lambda: policy._prefix_of is not None and policy._prefix_of[0] == "reach the blue cube",
+                      timeout=10)
+    time.sleep(0.3)
+    assert h.commands == []  # disabled: no tick acted, the encoding came with the instruction
+    encodings = policy._prefix_epoch
+    assert h.enable(True).success
+    assert h.wait_for(lambda: len(h.commands) >= 3, timeout=10), h.last_diagnostics()
+    assert policy._prefix_epoch == encodings and policy.instruction == "reach the blue cube"
+
+
 def test_missing_bundle_exits_at_start_with_one_clear_message(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gato_ros.ros.policy_node", "--ros-args", "-p",
                           f"model_path:={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=60)
