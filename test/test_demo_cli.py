@@ -41,6 +41,8 @@ def test_eval_ros_reports_the_same_json_as_without_ros(bundle, tmp_path):
     assert b["policy"] == a["policy"] and b["tasks"]["reach"]["episodes"] == 1
     assert b["tasks"]["reach"]["seeds"] == a["tasks"]["reach"]["seeds"] == [5, 5]  # the same layout
     assert b["tick_ms"]["p50"] > 0 and b["image_to_command_ms"]["p50"] > 0 and b["transport"] == "ros2"
+    # the fixture's actions stay inside the node's step limits, so its safety filter changed none of them
+    assert b["tasks"]["reach"]["clamped_commands"] == b["tasks"]["reach"]["episodes_clamped"] == 0
     # an untrained model does not succeed, so both ran the episode to its step budget
     assert a["tasks"]["reach"]["mean_steps"] == b["tasks"]["reach"]["mean_steps"] == 60
     import imageio.v2 as imageio
@@ -65,6 +67,8 @@ def test_demo_writes_table_video_and_latency_plot(bundle, tmp_path):
     assert all(r["steps"] == 60 for r in result["episodes"])
     assert result["provider"] == "CPUExecutionProvider"
     assert result["tick_ms"]["p50"] > 0 and result["image_to_command_ms"]["p99"] > 0
+    assert result["commands"] >= 120 and result["clamped_commands"] == 0
+    assert all(r["clamped"] == 0 for r in result["episodes"]) and "0 of " in out.stdout
     import imageio.v2 as imageio
 
     frames = imageio.mimread(tmp_path / "demo.mp4", memtest=False)

@@ -461,6 +461,47 @@ def test_driver_restart_holds_resets_and_resumes_from_the_measured_position(runn
     assert faulty.resets > resets, "the context was not reset after the world jumped"
 
 
+class JumpingPolicy(FaultyPolicy):
+    """The real policy, whose proposals jump `jump` rad on the first joint when set, up and down in turn (so every
+    one is beyond the step limit from the command before, and the commands stay near the measured position)."""
+
+    jump = 0.0
+    sign = 1.0
+
+    def act(self, observation):
+        out = np.array(self.inner.act(observation), dtype=np.float64)
+        self.sign = -self.sign
+        out[0] += self.sign * self.jump
+        return out
+
+
+def test_clamped_commands_are_counted_and_marked(running, bundle):
+    """Every command the safety filter changes is marked in ~/timing (4th value) and counted in /diagnostics
+    (`clamped_commands`); the tiny bundle's own proposals (inside the step limits) are not."""
+    from gato_ros.ros.policy_config import load_policy
+
+    def commanded_since(t0):
+        with h.lock:
+            return [d for t, d in h.timing if t >= t0 and d[2] > 0.5]
+
+    jumping = JumpingPolicy(load_policy(bundle, "cpu", 1))
+    r, h = moving(running, policy=jumping)
+    t0 = time.monotonic()
+    assert h.wait_for(lambda: len(commanded_since(t0)) >= 5, timeout=10)
+    assert all(len(d) == 4 and d[3] == 0.0 for d in commanded_since(t0)), commanded_since(t0)[-3:]
+    assert h.wait_for(lambda: int(h.last_diagnostics().get("commands", "0")) >= 5, timeout=10)
+    assert h.last_diagnostics()["clamped_commands"] == "0"
+    jumping.jump = 0.5  # 5x the 0.1 rad step limit
+    time.sleep(2 * PERIOD)  # ticks in flight may still carry the proposals from before
+    t1 = time.monotonic()
+    assert h.wait_for(lambda: len(commanded_since(t1)) >= 5, timeout=10)
+    assert all(d[3] == 1.0 for d in commanded_since(t1)), commanded_since(t1)[-3:]
+    assert h.wait_for(lambda: int(h.last_diagnostics().get("clamped_commands", "0")) >= 5, timeout=10)
+    d = h.last_diagnostics()
+    assert int(d["clamped_commands"]) <= int(d["commands"]) - 5
+    assert_safe_sequence([c for _, c in h.commands], STEP)
+
+
 def test_inference_raising_holds_and_resumes(running, faulty):
     r, h = moving(running, policy=faulty)
     resets = faulty.resets

@@ -155,6 +155,7 @@ def test_ros_path_reproduces_the_direct_episode_action_for_action(bundle, tmp_pa
         graph.close()
         rclpy.try_shutdown()
     assert rec.steps == direct.steps and rec.success == direct.success and rec.instruction == direct.instruction
+    assert rec.clamped == 0  # the precondition: the node's safety filter passed every action unchanged
     # the sim stops stepping at the budget; the policy may answer the last frame too
     assert len(commands) in (direct.steps, direct.steps + 1), f"{len(commands)} commands for {direct.steps} steps"
     np.testing.assert_allclose(commands[: direct.steps], direct.actions, rtol=0, atol=1e-9)

@@ -125,7 +125,8 @@ def run(args) -> int:
             records.append(rec)
             tick = percentiles(rec.tick_ms)
             rows.append({"task": task, "instruction": rec.instruction, "seed": seed, "success": rec.success,
-                         "steps": rec.steps, "tick_ms_p50": tick["p50"], "tick_ms_p99": tick["p99"]})
+                         "steps": rec.steps, "tick_ms_p50": tick["p50"], "tick_ms_p99": tick["p99"],
+                         "clamped": rec.clamped})
             if bar is not None:
                 bar.update(1)
         diagnostics = client.diagnostics()
@@ -155,6 +156,9 @@ def run(args) -> int:
         "tick_ms": percentiles(all_ticks),
         "image_to_command_ms": percentiles(all_e2e),
         "deadline_misses": diagnostics.get("deadline_misses"),
+        # commands the policy node's safety filter changed (joint limits, per-tick step limits), of all commands
+        "clamped_commands": sum(r.clamped for r in records),
+        "commands": len(all_ticks),
         "control_rate_hz": rate,
         "wall_s": time.perf_counter() - started,
         "video": str(out / "demo.mp4") if video is not None else None,
@@ -170,7 +174,8 @@ def run(args) -> int:
     t, e = result["tick_ms"], result["image_to_command_ms"]
     print(f"\nsuccess {sum(r['success'] for r in rows)}/{len(rows)}; provider {result['provider']}; "
           f"policy tick p50 {_ms(t['p50'])} p99 {_ms(t['p99'])} ms; image->command p50 {_ms(e['p50'])} "
-          f"p99 {_ms(e['p99'])} ms at {rate:g} Hz")
+          f"p99 {_ms(e['p99'])} ms at {rate:g} Hz; {result['clamped_commands']} of {result['commands']} commands "
+          "clamped by the safety filter's joint/step limits")
     if warning:
         print(f"WARNING: {warning}")
     print(f"wrote {result['video'] or '(no video)'}, {plot}, {out / 'demo.json'}")
@@ -194,9 +199,9 @@ def _ms(v) -> str:
 
 
 def _table(rows: list[dict]) -> str:
-    head = ["#", "task", "instruction", "success", "steps", "tick p50 ms", "tick p99 ms"]
+    head = ["#", "task", "instruction", "success", "steps", "tick p50 ms", "tick p99 ms", "clamped"]
     body = [[str(i), r["task"], r["instruction"], "yes" if r["success"] else "no", str(r["steps"]),
-             _ms(r["tick_ms_p50"]), _ms(r["tick_ms_p99"])] for i, r in enumerate(rows)]
+             _ms(r["tick_ms_p50"]), _ms(r["tick_ms_p99"]), str(r["clamped"])] for i, r in enumerate(rows)]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])

@@ -41,6 +41,9 @@ class EpisodeRecord:
     tick_ms: list[float] = field(default_factory=list)
     image_to_command_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    clamped: int = 0
+    """Commands the policy node's safety filter changed (joint or step limits): while it is 0, the episode is the
+    direct eval's action for action."""
 
 
 class GraphClient:
@@ -66,7 +69,7 @@ class GraphClient:
         self._lock = threading.Lock()
         self.episode_msg: dict = {}
         self._episode_event = threading.Event()
-        self._timing: list[tuple[float, float, float]] = []
+        self._timing: list[tuple[float, float, float, float]] = []  # tick_ms, e2e, commanded, clamped
         self._recording = False
         self.on_frame = on_frame
         n = self.node
@@ -99,7 +102,8 @@ class GraphClient:
     def _on_timing(self, msg) -> None:
         if self._recording and len(msg.data) >= 3:
             with self._lock:
-                self._timing.append((float(msg.data[0]), float(msg.data[1]), float(msg.data[2])))
+                clamped = float(msg.data[3]) if len(msg.data) > 3 else 0.0
+                self._timing.append((float(msg.data[0]), float(msg.data[1]), float(msg.data[2]), clamped))
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -216,6 +220,7 @@ class GraphClient:
             task=task, instruction=info["instruction"], seed=int(seed), success=bool(last.get("success")),
             steps=int(last.get("step", 0)), tick_ms=[t[0] for t in commanded],
             image_to_command_ms=[t[1] for t in commanded if t[1] == t[1]], wall_s=time.monotonic() - t0,
+            clamped=sum(t[3] > 0.5 for t in commanded),
         )
 
     def close(self) -> None:
@@ -337,6 +342,9 @@ def evaluate_ros(args) -> dict:
             "mean_steps": float(np.mean([r.steps for r in rs])), "successes": k,
             "mean_steps_success": float(np.mean(ok_steps)) if ok_steps else None,
             "seeds": [args.seed, args.seed + args.episodes - 1],
+            # commands the node's safety filter changed; an episode with none is the direct eval's, action for action
+            "clamped_commands": sum(r.clamped for r in rs),
+            "episodes_clamped": sum(r.clamped > 0 for r in rs),
         }
     steps = sum(r.steps for r in records)
     return {

@@ -96,6 +96,7 @@ class PolicyNode(Node):
         self._e2e_ms: deque[float] = deque(maxlen=400)
         self._tick_starts: deque[float] = deque(maxlen=400)
         self.ticks = self.commands = self.holds = self.deadline_misses = 0
+        self.clamped = 0  # commands the safety filter changed (joint or step limits) before they went out
         self.images_received = self.joint_states_received = 0
         self._stamps: dict[str, int] = {}  # sensor -> header stamp (ns) of the message the last tick judged
         self._tick_t0: float | None = None  # time.monotonic() at the start of the tick in progress, if any
@@ -336,6 +337,7 @@ class PolicyNode(Node):
                 self._publish_command(decision.command)
         if decision.command is not None:
             self.commands += 1
+            self.clamped += decision.clamped
             self._answered_image = image_msg
             self.state, self.hold_reason = "running", ""
             e2e = self._image_age_ms(image_msg)
@@ -354,7 +356,7 @@ class PolicyNode(Node):
         if tick_ms > self.period_s * 1e3:
             self.deadline_misses += 1
         timing = Float64MultiArray()
-        timing.data = [tick_ms, e2e, 1.0 if decision.command is not None else 0.0]
+        timing.data = [tick_ms, e2e, 1.0 if decision.command is not None else 0.0, 1.0 if decision.clamped else 0.0]
         self._timing_pub.publish(timing)
         self._tick_t0 = None
 
@@ -529,6 +531,7 @@ class PolicyNode(Node):
             "deadline_misses": self.deadline_misses,
             "ticks": self.ticks,
             "commands": self.commands,
+            "clamped_commands": self.clamped,
             "holds": self.holds,
             "images_received": self.images_received,
             "joint_states_received": self.joint_states_received,
