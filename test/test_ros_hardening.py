@@ -502,6 +502,52 @@ def test_clamped_commands_are_counted_and_marked(running, bundle):
     assert_safe_sequence([c for _, c in h.commands], STEP)
 
 
+class RecordingPolicy(FaultyPolicy):
+    """The real policy, logging the node's calls ("reset", "act") in order."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.calls: list[str] = []
+
+    def reset(self):
+        self.calls.append("reset")
+        super().reset()
+
+    def act(self, observation):
+        self.calls.append("act")
+        return super().act(observation)
+
+
+def test_an_enable_during_a_tick_takes_effect_wholly_in_the_next_one(running, bundle):
+    """~/enable enables the safety filter and asks for a fresh context. When it lands while a tick runs (after the
+    tick read the reset request, before it asked the filter), that tick must not act: otherwise it acts on the old
+    request state and the next tick resets the episode's context after its first step (seen in eval --ros)."""
+    from std_srvs.srv import SetBool
+
+    from gato_ros.ros.policy_config import load_policy
+
+    policy = RecordingPolicy(load_policy(bundle, "cpu", 1))
+    r = running(policy=policy, enable_on_start=False)
+    h = r.harness
+    start_good_streams(h)
+    node = r.node
+    assert h.wait_for(lambda: h.last_diagnostics().get("state") == "disabled", timeout=10)
+    observe, landed = node._observe, []
+
+    def observe_then_enable(*args):
+        out = observe(*args)
+        if not landed:  # the service's own code, mid-tick (this thread holds no lock here)
+            landed.append(node._srv_enable(SetBool.Request(data=True), SetBool.Response()).success)
+        return out
+
+    node._observe = observe_then_enable
+    assert h.wait_for(lambda: len(h.commands) >= 4, timeout=10), h.last_diagnostics()
+    assert landed == [True]
+    calls = list(policy.calls)
+    first = calls.index("act")
+    assert "reset" in calls[:first] and "reset" not in calls[first:first + 6], calls[:first + 6]
+
+
 def test_inference_raising_holds_and_resumes(running, faulty):
     r, h = moving(running, policy=faulty)
     resets = faulty.resets

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gato_ros.ros.common import StartupError
 from gato_ros.ros.graph import DEFAULT_MODEL, share_path
+from gato_ros.safety import SafetyConfig
 
 COMMAND_TOPICS = {
     "position_array": "/position_controller/commands",
@@ -123,3 +126,12 @@ def load_policy(path: Path, execution_provider: str, threads: int = 0) -> Any:
         return RuntimePolicy.load(str(path), execution_provider=execution_provider, threads=threads or None)
     except Exception as exc:  # incompatible or corrupt bundle: one message, no traceback
         raise StartupError(f"cannot load model bundle {str(path)!r}: {exc}") from exc
+
+
+def safety_config(config: PolicyNodeConfig, bundle_joints: list[str], joint_limits) -> SafetyConfig:
+    """The node's safety filter limits for a bundle: its joint limits, and per tick `max_gripper_step_m` for the
+    prismatic joints, `max_joint_step_rad` for the others (raises ValueError for unusable limits)."""
+    limits = np.asarray(joint_limits, dtype=np.float64)
+    step = np.array([config.max_gripper_step_m if b in config.prismatic_joints else config.max_joint_step_rad
+                     for b in bundle_joints])
+    return SafetyConfig(limits[:, 0], limits[:, 1], step, config.enable_on_start)

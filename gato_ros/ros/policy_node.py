@@ -41,8 +41,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from gato_ros.ros.common import RateLimitedLog, StartupError, declare_config, hold_wakeup_latency, run_node
 from gato_ros.ros.conversions import ConversionError, JointStateMatcher, image_backend, image_to_model_input, to_grey
-from gato_ros.ros.policy_config import PolicyNodeConfig, load_policy
-from gato_ros.safety import SafetyConfig, SafetyFilter
+from gato_ros.ros.policy_config import PolicyNodeConfig, load_policy, safety_config
+from gato_ros.safety import SafetyFilter
 
 # Largest image side accepted. Resizing allocates weights proportional to (model size x side) and intermediates
 # proportional to (model size x side x channels): a 1x1000000 mono8 frame (1 MB on the wire) took 3.8 s and 780 MB
@@ -108,18 +108,21 @@ class PolicyNode(Node):
 
         sensors = MutuallyExclusiveCallbackGroup()
         inference = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, cfg.image_topic, self._on_image, qos_profile_sensor_data,
-                                 callback_group=sensors)
-        self.create_subscription(JointState, cfg.joint_state_topic, self._on_joints, qos_profile_sensor_data,
-                                 callback_group=sensors)
         # Two subscriptions on ~/instruction: a transient-local one so a latched instruction (the sim's) reaches a
         # node that starts later, and a volatile one, because a transient-local subscription does not match a
-        # volatile publisher (`ros2 topic pub`'s default). The same text arriving twice changes nothing.
+        # volatile publisher (`ros2 topic pub`'s default). The same text arriving twice changes nothing. Created
+        # before the sensor subscriptions: rclpy's executor takes ready callbacks in creation order, so a new
+        # instruction that is ready together with the new episode's first frame (the sim publishes it just before)
+        # is taken first, and the tick that frame triggers acts on the new instruction, not the previous one.
         latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         expected_mismatch = SubscriptionEventCallbacks(incompatible_qos=lambda event: None)  # the volatile pair
         self.create_subscription(String, "~/instruction", self._on_instruction, latched, callback_group=sensors,
                                  event_callbacks=expected_mismatch)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10, callback_group=sensors)
+        self.create_subscription(Image, cfg.image_topic, self._on_image, qos_profile_sensor_data,
+                                 callback_group=sensors)
+        self.create_subscription(JointState, cfg.joint_state_topic, self._on_joints, qos_profile_sensor_data,
+                                 callback_group=sensors)
         # E-stop buttons: a reliable subscription, and a best-effort one for publishers that only offer that (a
         # reliable subscription would not match them). Pressing twice is the same as pressing once.
         self.create_subscription(Bool, "~/estop", self._on_estop_topic, 10, callback_group=sensors,
@@ -181,12 +184,8 @@ class PolicyNode(Node):
         self.image_channels = int(shape[2]) if shape is not None else 3  # 1: a mono8 bundle
         self.provider = str(getattr(policy, "provider", "unknown"))
         self.precision = str(getattr(getattr(policy, "bundle", None), "precision", "fp32"))  # of the bundle's graphs
-        limits = np.asarray(policy.joint_limits, dtype=np.float64)
-        step = np.array(
-            [cfg.max_gripper_step_m if b in cfg.prismatic_joints else cfg.max_joint_step_rad for b in bundle_names]
-        )
         try:
-            self.safety = SafetyFilter(SafetyConfig(limits[:, 0], limits[:, 1], step, cfg.enable_on_start))
+            self.safety = SafetyFilter(safety_config(cfg, bundle_names, policy.joint_limits))
             # Prismatic joints (the gripper) are left out of the tracking check: a grasped object blocks the
             # fingers far from their command, legitimately.
             self._revolute = np.array([b not in cfg.prismatic_joints for b in bundle_names])
@@ -306,6 +305,11 @@ class PolicyNode(Node):
             self._reset_requested = self._new_episode = False
             if new_episode:
                 self.safety.restart_sequence()
+            # Read with the flags: ~/enable both enables the filter and requests a context reset, so an enable that
+            # lands while this tick runs must take effect wholly in the next tick. (Seen: a tick that read no reset
+            # request and then found the filter enabled acted, and the next tick reset the episode's context after
+            # its first step.)
+            gate = self.safety.hold_reason()
         if reset or new_episode:
             self._context_dirty = True
         reason, obs, joint_pos = self._observe(now, image_msg, image_rx, joint_msg, joint_rx, instruction)
@@ -314,8 +318,6 @@ class PolicyNode(Node):
         if reason is None:
             reason = self._check_tracking(joint_pos)
         action = None
-        with self._lock:
-            gate = self.safety.hold_reason()
         if reason is None and gate is None:
             try:
                 if self._context_dirty or instruction != self._active_instruction:
@@ -332,7 +334,7 @@ class PolicyNode(Node):
                 if reason:
                     action = None
         with self._lock:  # publish under the lock: after ~/enable false returns, nothing more goes out
-            decision = self.safety.step(action, joint_pos, hold=reason)
+            decision = self.safety.step(action, joint_pos, hold=reason or gate)
             if decision.command is not None:
                 self._publish_command(decision.command)
         if decision.command is not None:
@@ -345,7 +347,8 @@ class PolicyNode(Node):
             self.holds += 1
             self._context_dirty = True
             self.hold_reason = decision.reason
-            self.state = "estop" if self.safety.estopped else ("disabled" if not self.safety.enabled else "holding")
+            self.state = "estop" if self.safety.estopped else (
+                "disabled" if gate or not self.safety.enabled else "holding")
             if self.state == "holding":
                 self._warn(f"holding: {decision.reason}")
             e2e = float("nan")
