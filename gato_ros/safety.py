@@ -27,7 +27,7 @@ where the arm is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -172,6 +172,38 @@ class SafetyFilter:
         cmd = np.clip(cmd, self.config.lower, self.config.upper)
         self._reference = cmd.copy()
         return SafetyDecision(cmd, "", clamped=bool(np.any(cmd != proposed)))
+
+
+class LimitedPolicy:
+    """A policy (`reset`, `set_instruction`, `act`) whose actions pass through a `SafetyFilter` as the policy node's
+    do, for evaluating without ROS what the node would command: enabled from the start, and every episode (`reset`)
+    starts a new command sequence from the measured joint positions (`observation["joint_pos"]`). Only the filter:
+    not the node's sensor or tracking checks. A hold (a non-finite action) repeats the last command, which is what a
+    position controller keeps. `clamped` counts the actions the filter changed; other attributes are the policy's."""
+
+    def __init__(self, policy, config: SafetyConfig):
+        self.policy = policy
+        self.filter = SafetyFilter(replace(config, enable_on_start=True))
+        self.clamped = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self.filter.restart_sequence()
+
+    def set_instruction(self, text: str) -> None:
+        self.policy.set_instruction(text)
+
+    def act(self, observation) -> np.ndarray:
+        measured = observation["joint_pos"]
+        decision = self.filter.step(self.policy.act(observation), measured)
+        if decision.command is None:
+            last = self.filter.last_command
+            return last if last is not None else np.asarray(measured, dtype=np.float64).copy()
+        self.clamped += decision.clamped
+        return decision.command
 
 
 def _as_vector(values: object, n: int) -> np.ndarray | None:

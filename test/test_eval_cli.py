@@ -53,6 +53,22 @@ def test_eval_expert_and_random_print_the_contract_json(capsys, tmp_path):
     assert sum(outcomes.values()) == 2 and set(outcomes) <= {"other object", "missed"}
 
 
+def test_eval_node_limits_counts_what_the_node_filter_changes(capsys):
+    """--node-limits puts the policy node's safety filter between the policy and the sim: the random policy's
+    steps (normal, 0.06 rad sd) exceed 0.1 rad now and then, the expert's never do."""
+    assert main(["eval", "--policy", "random", "--task", "reach", "--episodes", "2", "--seed", "11", "--json",
+                 "--no-progress", "--node-limits"]) == 0
+    res = _json_out(capsys)
+    t = res["tasks"]["reach"]
+    assert res["node_limits"] is True and t["clamped_commands"] > 0 and t["episodes_clamped"] == 2
+    assert main(["eval", "--policy", "expert", "--task", "reach", "--episodes", "1", "--json", "--no-progress",
+                 "--node-limits"]) == 0
+    t = _json_out(capsys)["tasks"]["reach"]
+    assert t["clamped_commands"] == t["episodes_clamped"] == 0 and t["success_rate"] == 1.0
+    with pytest.raises(SystemExit, match="what --ros does anyway"):
+        main(["eval", "--policy", "expert", "--ros", "--node-limits", "--episodes", "1"])
+
+
 def test_eval_rejects_unknown_policy_and_task(capsys):
     with pytest.raises(SystemExit, match="neither"):
         main(["eval", "--policy", "/nonexistent/bundle", "--episodes", "1", "--no-progress"])

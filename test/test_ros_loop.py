@@ -126,7 +126,6 @@ def test_ros_path_reproduces_the_direct_episode_action_for_action(bundle, tmp_pa
     """eval --ros's claim, made exact: with trigger:=image and the sim in lockstep, the node graph computes the
     same actions as calling the runtime directly on the same seed (same frames, same joint states, bit for bit
     through DDS), so the episodes are the same episodes."""
-    from gato_ros.ros.eval_ros import GraphClient, graph_arguments
     from gato_ros.runtime import RuntimePolicy
     from gato_ros.sim import ArmEnv, EnvConfig
     from gato_ros.sim.rollout import run_episode
@@ -135,18 +134,28 @@ def test_ros_path_reproduces_the_direct_episode_action_for_action(bundle, tmp_pa
     policy = RuntimePolicy.load(str(bundle), execution_provider="cpu", threads=1)
     direct = run_episode(env, policy, seed=11, task="reach", record=True)
     env.close()
+    rec, commands = _graph_episode(bundle, "reach", 11, tmp_path)
+    assert rec.steps == direct.steps and rec.success == direct.success and rec.instruction == direct.instruction
+    assert rec.clamped == 0  # the precondition: the node's safety filter passed every action unchanged
+    # the sim stops stepping at the budget; the policy may answer the last frame too
+    assert len(commands) in (direct.steps, direct.steps + 1), f"{len(commands)} commands for {direct.steps} steps"
+    np.testing.assert_allclose(commands[: direct.steps], direct.actions, rtol=0, atol=1e-9)
+
+
+def _graph_episode(bundle, task: str, seed: int, tmp_path):
+    """One eval --ros episode through the node graph: its record and the commands the policy node published."""
+    from gato_ros.ros.eval_ros import GraphClient, graph_arguments
 
     rclpy.init()
     probe = LoopProbe(None)
-    args = graph_arguments(bundle, "cpu")
-    graph = GraphProcesses(args, echo=False, log_dir=tmp_path)
+    graph = GraphProcesses(graph_arguments(bundle, "cpu"), echo=False, log_dir=tmp_path)
     client = None
     try:
         graph.start()
         client = GraphClient()
         client.wait_ready(graph)
         t0 = time.monotonic()
-        rec = client.run_episode("reach", 11, timeout_s=120, graph=graph)
+        rec = client.run_episode(task, seed, timeout_s=120, graph=graph)
         commands = np.array(probe.since(probe.commands, t0))
     finally:
         if client is not None:
@@ -154,8 +163,32 @@ def test_ros_path_reproduces_the_direct_episode_action_for_action(bundle, tmp_pa
         probe.close()
         graph.close()
         rclpy.try_shutdown()
-    assert rec.steps == direct.steps and rec.success == direct.success and rec.instruction == direct.instruction
-    assert rec.clamped == 0  # the precondition: the node's safety filter passed every action unchanged
-    # the sim stops stepping at the budget; the policy may answer the last frame too
+    return rec, commands
+
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "gato_arm_small"
+
+
+@pytest.mark.skipif(not (SHIPPED / "gato.json").is_file(), reason="the shipped bundle is not in this checkout")
+def test_ros_path_equals_the_direct_episode_behind_the_node_limits(tmp_path):
+    """When the node's safety filter changes commands (the shipped bundle opens and closes the gripper faster than
+    max_gripper_step_m allows), the graph's episode is the direct one behind the same filter (`LimitedPolicy`, what
+    `eval --node-limits` runs), action for action, with the same commands counted as clamped."""
+    from gato_ros.ros.policy_config import PolicyNodeConfig, safety_config
+    from gato_ros.runtime import RuntimePolicy
+    from gato_ros.safety import LimitedPolicy
+    from gato_ros.sim import ArmEnv, EnvConfig
+    from gato_ros.sim.rollout import run_episode
+
+    env = ArmEnv(EnvConfig(image_size=64))
+    inner = RuntimePolicy.load(str(SHIPPED), execution_provider="cpu", threads=1)
+    limited = LimitedPolicy(inner, safety_config(PolicyNodeConfig(), inner.joint_names, inner.joint_limits))
+    direct = run_episode(env, limited, seed=1_000_003, task="pick_place", record=True)
+    raw = run_episode(env, inner, seed=1_000_003, task="pick_place")
+    env.close()
+    assert limited.clamped > 0 and raw.steps != direct.steps  # the filter mattered in this episode
+    rec, commands = _graph_episode(SHIPPED, "pick_place", 1_000_003, tmp_path)
+    assert rec.steps == direct.steps and rec.success == direct.success
+    assert rec.clamped == limited.clamped
     assert len(commands) in (direct.steps, direct.steps + 1), f"{len(commands)} commands for {direct.steps} steps"
     np.testing.assert_allclose(commands[: direct.steps], direct.actions, rtol=0, atol=1e-9)

@@ -129,3 +129,40 @@ def test_property_every_command_within_limits_and_step(enable_on_start, script):
             f.reset_estop()
         elif kind == "restart":
             f.restart_sequence()
+
+
+def test_limited_policy_filters_as_the_node_does():
+    """`LimitedPolicy` (eval --node-limits): enabled from the start even when the config is not; each episode starts
+    from the measured position; counts clamped actions; a non-finite action repeats the last command."""
+    from gato_ros.safety import LimitedPolicy
+
+    class Scripted:
+        def __init__(self, actions):
+            self.actions, self.resets, self.instruction = list(actions), 0, None
+
+        def reset(self):
+            self.resets += 1
+
+        def set_instruction(self, text):
+            self.instruction = text
+
+        def act(self, observation):
+            return self.actions.pop(0)
+
+    far, near, bad = np.full(7, 1.0), np.full(7, 0.01), np.full(7, np.nan)
+    inner = Scripted([far, near, bad, far])
+    p = LimitedPolicy(inner, SafetyConfig(LOWER, UPPER, STEP))  # enable_on_start False: still commands
+    p.reset()
+    p.set_instruction("go")
+    assert inner.resets == 1 and inner.instruction == "go" and p.actions == inner.actions  # the rest passes through
+    home = {"joint_pos": np.zeros(7)}
+    first = p.act(home)
+    np.testing.assert_allclose(first, np.minimum(STEP, UPPER))  # from the measured position, step-limited
+    second = p.act(home)
+    np.testing.assert_allclose(second, np.full(7, 0.01))  # within the step of the first: unchanged
+    np.testing.assert_allclose(p.act(home), second)  # NaN: the last command again
+    assert p.clamped == 1
+    p.reset()  # a new episode: from the measured position again, not from the last command
+    moved = {"joint_pos": np.full(7, 0.5)}
+    np.testing.assert_allclose(p.act(moved), np.minimum(0.5 + STEP, UPPER))
+    assert p.clamped == 2

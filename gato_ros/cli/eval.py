@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "node's parameter file decides")
     parser.add_argument("--ros", action="store_true",
                         help="run the episodes through the ROS 2 node graph instead of calling the policy directly")
+    parser.add_argument("--node-limits", action="store_true",
+                        help="pass the actions through the policy node's safety filter with its default limits "
+                             "(joint limits; 0.1 rad and 10 mm per tick), as a robot running the node gets them "
+                             "and as --ros does; the JSON counts the commands it changed (clamped_commands)")
     parser.add_argument("--prompt", metavar="expert|DATASET_DIR",
                         help="Gato few-shot prompting: pin a successful demonstration of the same task before each "
                              "episode, from the scripted expert (fresh layouts from --prompt-seed) or a dataset")
@@ -111,6 +115,8 @@ def run(args) -> int:
     if args.prompt and args.policy in ("expert", "random"):
         raise SystemExit("--prompt applies to a model bundle, not to --policy expert/random")
     if args.ros:
+        if args.node_limits:
+            raise SystemExit("--node-limits is what --ros does anyway (the policy node filters every action)")
         if args.prompt:
             raise SystemExit("--prompt is not supported with --ros yet: the policy node has no prompt interface")
         if args.threads != 1:
@@ -133,6 +139,14 @@ def run(args) -> int:
         env = ArmEnv(EnvConfig(image_size=size or 64, reach_distractors=args.reach_distractors,
                                        pick_place_layout=args.pick_place_layout))
         policy, name = load_policy(args.policy, env, args.seed, args.execution_provider, args.threads)
+        limited, clamped = None, []  # per episode, with --node-limits
+        if args.node_limits:
+            from gato_ros.ros.policy_config import PolicyNodeConfig, safety_config
+            from gato_ros.safety import LimitedPolicy
+
+            joints = list(getattr(policy, "joint_names", env.joint_names))  # a bundle's, or the sim's (expert)
+            limits = getattr(policy, "joint_limits", env.joint_limits)
+            policy = limited = LimitedPolicy(policy, safety_config(PolicyNodeConfig(), joints, limits))
         prompts = None
         if args.prompt:
             from gato_ros.evaluation import dataset_prompts, expert_prompts
@@ -147,14 +161,23 @@ def run(args) -> int:
 
             video = VideoWriter(args.video, fps=env.config.control_rate_hz)
         try:
+            on_episode = None
+            if limited is not None:
+                on_episode = lambda r: clamped.append(limited.clamped - sum(clamped))  # noqa: E731
             result = evaluate(env, policy, tasks, args.episodes, seed=args.seed, policy_name=name, video=video,
-                              video_episodes=args.video_episodes, progress=not args.no_progress, prompts=prompts)
+                              video_episodes=args.video_episodes, progress=not args.no_progress, prompts=prompts,
+                              on_episode=on_episode)
         finally:
             if video is not None:
                 video.close()
             env.close()
         if video is not None:
             result["video"] = str(args.video)
+        if limited is not None:  # episodes in evaluate's order: task by task
+            result["node_limits"] = True
+            for k, task in enumerate(result["tasks"]):
+                per = clamped[k * args.episodes:(k + 1) * args.episodes]
+                result["tasks"][task].update(clamped_commands=sum(per), episodes_clamped=sum(c > 0 for c in per))
         if args.prompt:
             result["prompt"] = {"source": args.prompt, "seed": args.prompt_seed, "steps": policy.cfg.prompt_steps}
         provider = getattr(policy, "provider", None)
