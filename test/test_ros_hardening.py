@@ -475,9 +475,10 @@ class JumpingPolicy(FaultyPolicy):
         return out
 
 
-def test_clamped_commands_are_counted_and_marked(running, bundle):
+def test_clamped_commands_are_counted_and_marked(running, bundle, capfd):
     """Every command the safety filter changes is marked in ~/timing (4th value) and counted in /diagnostics
-    (`clamped_commands`); the tiny bundle's own proposals (inside the step limits) are not."""
+    (`clamped_commands`), and the first one per joint is logged; the tiny bundle's own proposals (inside the step
+    limits) are not."""
     from gato_ros.ros.policy_config import load_policy
 
     def commanded_since(t0):
@@ -500,6 +501,9 @@ def test_clamped_commands_are_counted_and_marked(running, bundle):
     d = h.last_diagnostics()
     assert int(d["clamped_commands"]) <= int(d["commands"]) - 5
     assert_safe_sequence([c for _, c in h.commands], STEP)
+    logged = [line for line in capfd.readouterr().err.splitlines() if "safety filter:" in line]
+    assert len(logged) == 1 and f"{JOINTS[0]}: the model asked for" in logged[0], logged  # once, for that joint
+    assert "over the 0.1 of max_joint_step_rad" in logged[0], logged
 
 
 class RecordingPolicy(FaultyPolicy):

@@ -97,6 +97,7 @@ class PolicyNode(Node):
         self._tick_starts: deque[float] = deque(maxlen=400)
         self.ticks = self.commands = self.holds = self.deadline_misses = 0
         self.clamped = 0  # commands the safety filter changed (joint or step limits) before they went out
+        self._clamped_joints: set[str] = set()  # joints whose first clamped command was logged
         self.images_received = self.joint_states_received = 0
         self._stamps: dict[str, int] = {}  # sensor -> header stamp (ns) of the message the last tick judged
         self._tick_t0: float | None = None  # time.monotonic() at the start of the tick in progress, if any
@@ -339,7 +340,9 @@ class PolicyNode(Node):
                 self._publish_command(decision.command)
         if decision.command is not None:
             self.commands += 1
-            self.clamped += decision.clamped
+            if decision.clamped:
+                self.clamped += 1
+                self._log_first_clamp(action, decision.command)
             self._answered_image = image_msg
             self.state, self.hold_reason = "running", ""
             e2e = self._image_age_ms(image_msg)
@@ -362,6 +365,27 @@ class PolicyNode(Node):
         timing.data = [tick_ms, e2e, 1.0 if decision.command is not None else 0.0, 1.0 if decision.clamped else 0.0]
         self._timing_pub.publish(timing)
         self._tick_t0 = None
+
+    def _log_first_clamp(self, proposed, command: np.ndarray) -> None:
+        """Say once per joint that the safety filter changed the model's command for it (every such command is
+        counted in /diagnostics `clamped_commands`): a model that keeps hitting the step limits moves the arm
+        otherwise than it was evaluated to."""
+        proposed = np.asarray(proposed, dtype=np.float64)
+        lim = self.safety.config
+        for j in np.flatnonzero(proposed != command):
+            name = self.joint_names[j]
+            if name in self._clamped_joints:
+                continue
+            self._clamped_joints.add(name)
+            if command[j] in (lim.lower[j], lim.upper[j]):
+                why = f"the bundle's joint limit is {command[j]:.5f}"
+            else:  # step-limited: the command is max_step from the last one, towards the proposal
+                last = command[j] - np.sign(proposed[j] - command[j]) * lim.max_step[j]
+                why = (f"a step of {proposed[j] - last:+.5f} from the last command, over the {lim.max_step[j]:g} of "
+                       "max_joint_step_rad / max_gripper_step_m")
+            self.get_logger().info(
+                f"safety filter: {name}: the model asked for {proposed[j]:.5f}, commanded {command[j]:.5f} ({why}); "
+                "further changes are counted in /diagnostics clamped_commands, not logged")
 
     def _late(self, t0: float, image_rx: float | None, joint_rx: float | None) -> str | None:
         """Hold reason when inference finished so late that its inputs are now older than sensor_timeout_s: the
