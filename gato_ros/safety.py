@@ -74,6 +74,9 @@ class SafetyDecision:
     reason: str = ""
     clamped: bool = False
     """True when the command differs from the proposed action (limits or step limit were applied)."""
+    reference: np.ndarray | None = None
+    """With a command: what its step limit was measured from (the previous command, or the clamped measured
+    position at the start of a sequence)."""
 
     @property
     def holding(self) -> bool:
@@ -171,7 +174,7 @@ class SafetyFilter:
         # reference is inside the limits, so clipping to the limits keeps cmd within max_step of it.
         cmd = np.clip(cmd, self.config.lower, self.config.upper)
         self._reference = cmd.copy()
-        return SafetyDecision(cmd, "", clamped=bool(np.any(cmd != proposed)))
+        return SafetyDecision(cmd, "", clamped=bool(np.any(cmd != proposed)), reference=reference)
 
 
 class LimitedPolicy:
@@ -179,12 +182,18 @@ class LimitedPolicy:
     do, for evaluating without ROS what the node would command: enabled from the start, and every episode (`reset`)
     starts a new command sequence from the measured joint positions (`observation["joint_pos"]`). Only the filter:
     not the node's sensor or tracking checks. A hold (a non-finite action) repeats the last command, which is what a
-    position controller keeps. `clamped` counts the actions the filter changed; other attributes are the policy's."""
+    position controller keeps. `clamped_per_episode` counts the actions the filter changed in each episode (one
+    entry per `reset`); other attributes are the policy's."""
 
     def __init__(self, policy, config: SafetyConfig):
         self.policy = policy
         self.filter = SafetyFilter(replace(config, enable_on_start=True))
-        self.clamped = 0
+        self.clamped_per_episode: list[int] = [0]
+
+    @property
+    def clamped(self) -> int:
+        """Actions the filter changed, all episodes."""
+        return sum(self.clamped_per_episode)
 
     def __getattr__(self, name: str):
         return getattr(self.policy, name)
@@ -192,6 +201,7 @@ class LimitedPolicy:
     def reset(self) -> None:
         self.policy.reset()
         self.filter.restart_sequence()
+        self.clamped_per_episode.append(0)
 
     def set_instruction(self, text: str) -> None:
         self.policy.set_instruction(text)
@@ -202,7 +212,7 @@ class LimitedPolicy:
         if decision.command is None:
             last = self.filter.last_command
             return last if last is not None else np.asarray(measured, dtype=np.float64).copy()
-        self.clamped += decision.clamped
+        self.clamped_per_episode[-1] += decision.clamped
         return decision.command
 
 

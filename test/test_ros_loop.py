@@ -3,6 +3,7 @@ the loop over DDS on loopback with the real runtime on an exported tiny bundle, 
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ def _graph_episode(bundle, task: str, seed: int, tmp_path):
     return rec, commands
 
 
-SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "gato_arm_small"
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "gato_arm_small"
 
 
 @pytest.mark.skipif(not (SHIPPED / "gato.json").is_file(), reason="the shipped bundle is not in this checkout")

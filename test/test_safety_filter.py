@@ -116,6 +116,7 @@ def test_property_every_command_within_limits_and_step(enable_on_start, script):
             assert np.all(cmd >= LOWER) and np.all(cmd <= UPPER)
             ref = np.clip(measured, LOWER, UPPER) if was_new_sequence else previous
             assert np.all(np.abs(cmd - ref) <= STEP + 1e-12)
+            np.testing.assert_array_equal(d.reference, ref)  # what the decision says it stepped from
             previous = cmd
         elif kind == "enable":
             if not f.estopped:
@@ -165,4 +166,4 @@ def test_limited_policy_filters_as_the_node_does():
     p.reset()  # a new episode: from the measured position again, not from the last command
     moved = {"joint_pos": np.full(7, 0.5)}
     np.testing.assert_allclose(p.act(moved), np.minimum(0.5 + STEP, UPPER))
-    assert p.clamped == 2
+    assert p.clamped == 2 and p.clamped_per_episode == [0, 1, 1]  # before any episode, then one per reset

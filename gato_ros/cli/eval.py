@@ -139,7 +139,7 @@ def run(args) -> int:
         env = ArmEnv(EnvConfig(image_size=size or 64, reach_distractors=args.reach_distractors,
                                        pick_place_layout=args.pick_place_layout))
         policy, name = load_policy(args.policy, env, args.seed, args.execution_provider, args.threads)
-        limited, clamped = None, []  # per episode, with --node-limits
+        limited = None  # with --node-limits
         if args.node_limits:
             from gato_ros.ros.policy_config import PolicyNodeConfig, safety_config
             from gato_ros.safety import LimitedPolicy
@@ -161,20 +161,17 @@ def run(args) -> int:
 
             video = VideoWriter(args.video, fps=env.config.control_rate_hz)
         try:
-            on_episode = None
-            if limited is not None:
-                on_episode = lambda r: clamped.append(limited.clamped - sum(clamped))  # noqa: E731
             result = evaluate(env, policy, tasks, args.episodes, seed=args.seed, policy_name=name, video=video,
-                              video_episodes=args.video_episodes, progress=not args.no_progress, prompts=prompts,
-                              on_episode=on_episode)
+                              video_episodes=args.video_episodes, progress=not args.no_progress, prompts=prompts)
         finally:
             if video is not None:
                 video.close()
             env.close()
         if video is not None:
             result["video"] = str(args.video)
-        if limited is not None:  # episodes in evaluate's order: task by task
+        if limited is not None:  # one count per reset, i.e. per episode in evaluate's order: task by task
             result["node_limits"] = True
+            clamped = limited.clamped_per_episode[1:]  # [0]: before the first episode
             for k, task in enumerate(result["tasks"]):
                 per = clamped[k * args.episodes:(k + 1) * args.episodes]
                 result["tasks"][task].update(clamped_commands=sum(per), episodes_clamped=sum(c > 0 for c in per))

@@ -342,7 +342,7 @@ class PolicyNode(Node):
             self.commands += 1
             if decision.clamped:
                 self.clamped += 1
-                self._log_first_clamp(action, decision.command)
+                self._log_first_clamp(action, decision)
             self._answered_image = image_msg
             self.state, self.hold_reason = "running", ""
             e2e = self._image_age_ms(image_msg)
@@ -366,12 +366,11 @@ class PolicyNode(Node):
         self._timing_pub.publish(timing)
         self._tick_t0 = None
 
-    def _log_first_clamp(self, proposed, command: np.ndarray) -> None:
+    def _log_first_clamp(self, proposed, decision) -> None:
         """Say once per joint that the safety filter changed the model's command for it (every such command is
         counted in /diagnostics `clamped_commands`): a model that keeps hitting the step limits moves the arm
         otherwise than it was evaluated to."""
-        proposed = np.asarray(proposed, dtype=np.float64)
-        lim = self.safety.config
+        proposed, command, lim = np.asarray(proposed, dtype=np.float64), decision.command, self.safety.config
         for j in np.flatnonzero(proposed != command):
             name = self.joint_names[j]
             if name in self._clamped_joints:
@@ -379,10 +378,9 @@ class PolicyNode(Node):
             self._clamped_joints.add(name)
             if command[j] in (lim.lower[j], lim.upper[j]):
                 why = f"the bundle's joint limit is {command[j]:.5f}"
-            else:  # step-limited: the command is max_step from the last one, towards the proposal
-                last = command[j] - np.sign(proposed[j] - command[j]) * lim.max_step[j]
-                why = (f"a step of {proposed[j] - last:+.5f} from the last command, over the {lim.max_step[j]:g} of "
-                       "max_joint_step_rad / max_gripper_step_m")
+            else:
+                why = (f"a step of {proposed[j] - decision.reference[j]:+.5f} from the last command, over the "
+                       f"{lim.max_step[j]:g} of max_joint_step_rad / max_gripper_step_m")
             self.get_logger().info(
                 f"safety filter: {name}: the model asked for {proposed[j]:.5f}, commanded {command[j]:.5f} ({why}); "
                 "further changes are counted in /diagnostics clamped_commands, not logged")
